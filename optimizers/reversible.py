@@ -1,0 +1,452 @@
+"""Exactly reversible SGD with momentum and its hypergradients.
+
+Forward, ``t = 0..T-1`` with ``v_0 = 0`` (hypergrad's convention), per weight tensor ``k``:
+
+    g_t = ∇_w L(w_t, θ, t)
+    v_{t+1} = γ_{t,k} v_t − (1 − γ_{t,k}) g_t        (γ applied as an exact rational n/d)
+    w_{t+1} = w_t + α_{t,k} v_{t+1}
+
+``w`` and ``v`` are int64 fixed point; the bits that ``γ`` destroys go to an
+:class:`~precise.InfoBuffer`. The reverse pass starts from ``dw = ∇f(w_T)``, ``dv = 0`` and,
+for ``t = T-1..0``, recovers the earlier state exactly while accumulating adjoints:
+
+    dα_t = dw · v_{t+1}
+    w_t = w_{t+1} − α_t v_{t+1}                        (exact: undoes the position update)
+    dv ← dv + α_t dw                                   (v_{t+1} also moved w_{t+1})
+    u = (1 − γ_t) ⊙ dv                                 (per-tensor factor, then one fused pass:)
+    g_t, H u, (∂²L/∂θ∂w) u  at (w_t, θ, t)             (g_t bit-identical to the forward one)
+    v_t = (v_{t+1} + (1 − γ_t) g_t) / γ_t              (exact: undoes the velocity update)
+    dγ_t = dv · (v_t + g_t)
+    dw ← dw − H u ;  dθ ← dθ − (∂²L/∂θ∂w) u ;  dv ← γ_t dv
+
+and ends with ``d w_0 = dw``. Exactness is *certified*: the recovered ``w_0`` and ``v_0`` must
+equal the originals bit for bit and every buffer must be empty, otherwise
+:class:`ExactnessError` is raised — a hypergradient is never returned on a broken reversal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from hessian import grad_hvp_mixed
+from precise import (
+    DEFAULT_FRAC_BITS,
+    DEFAULT_MAX_DENOMINATOR,
+    InfoBuffer,
+    Rational,
+    div_kernel,
+    in_range,
+    max_abs_value,
+    mul_kernel,
+    rationalize,
+    to_fixed,
+    to_fixed_unchecked,
+    to_float,
+)
+
+TrainLoss = Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
+ValLoss = Callable[[Sequence[tf.Tensor]], tf.Tensor]
+Callback = Callable[[str, int, int], None]
+
+_CHECK_EVERY = 16  # steps between host checks of the divergence flags
+
+
+class DivergenceError(ArithmeticError):
+    """Training diverged: a non-finite loss or gradient, or a fixed-point overflow.
+
+    Attributes:
+        step: the first training step at which it happened.
+        reason: a human-readable reason.
+    """
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"training diverged at step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class ExactnessError(RuntimeError):
+    """The reverse pass did not recover the initial state bit for bit."""
+
+    def __init__(self, certificate: ExactnessCertificate) -> None:
+        super().__init__(f"reverse pass was not exact: {certificate}")
+        self.certificate = certificate
+
+
+@dataclass(frozen=True)
+class ExactnessCertificate:
+    """Proof that a reverse pass undid its forward pass exactly.
+
+    Attributes:
+        exact_w0: recovered initial weights equal the originals bit for bit.
+        exact_v0: recovered initial velocities are exactly zero.
+        buffer_empty: every information buffer returned to empty.
+        bits_held: memory the buffers held between the passes (host words), bits per weight.
+        info_bound_bits: the information bound ``Σ log2(d/n)`` per weight (mean over weights).
+    """
+
+    exact_w0: bool
+    exact_v0: bool
+    buffer_empty: bool
+    bits_held: float
+    info_bound_bits: float
+
+    @property
+    def ok(self) -> bool:
+        """All three exactness checks passed."""
+        return self.exact_w0 and self.exact_v0 and self.buffer_empty
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return {
+            "ok": self.ok,
+            "exact_w0": self.exact_w0,
+            "exact_v0": self.exact_v0,
+            "buffer_empty": self.buffer_empty,
+            "bits_held": self.bits_held,
+            "info_bound_bits": self.info_bound_bits,
+        }
+
+
+@dataclass
+class HypergradResult:
+    """What one forward + reverse pass returns (see ``docs/ARCHITECTURE.md``)."""
+
+    val_loss: float
+    w_final: list[tf.Tensor]
+    d_alpha: tf.Tensor
+    d_gamma: tf.Tensor
+    d_theta: list[tf.Tensor]
+    d_w0: list[tf.Tensor]
+    gamma_applied: np.ndarray
+    train_losses: np.ndarray
+    certificate: ExactnessCertificate
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def minibatch_indices(seed: int | tf.Tensor, t: int | tf.Tensor, n: int, batch: int) -> tf.Tensor:
+    """Indices of the minibatch for step ``t``: a stateless function of ``(seed, t)``.
+
+    Each epoch of ``n // batch`` steps walks a fresh permutation of ``range(n)`` drawn from
+    ``tf.random.stateless_uniform`` keyed on ``(seed, epoch)``, so every step sees distinct
+    examples and recomputing a step's batch in the reverse pass gives the same indices.
+    """
+    if not 1 <= batch <= n:
+        raise ValueError(f"`batch` must be in [1, n={n}]. Received: batch={batch}")
+    t = tf.cast(t, tf.int64)
+    per_epoch = n // batch
+    epoch, j = t // per_epoch, t % per_epoch
+    keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+    perm = tf.argsort(keys, stable=True)
+    return tf.cast(perm[j * batch : (j + 1) * batch], tf.int32)
+
+
+def _schedule(x: tf.Tensor | np.ndarray, name: str, k: int) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != k:
+        raise ValueError(f"`{name}` must have shape [T, {k}]. Received: shape={arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite. Received: {name} with non-finite entries")
+    return arr
+
+
+def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
+    cache: dict[float, Rational] = {}
+    out = []
+    for row in gamma:
+        rats = []
+        for g in row:
+            g = float(g)
+            if g not in cache:
+                cache[g] = rationalize(g, max_denominator)
+            rats.append(cache[g])
+        out.append(rats)
+    return out
+
+
+class _Stepper:
+    """Compiled forward / reverse steps for one training problem (shared across calls).
+
+    The float part (loss, gradient, fused HVP) is a plain ``tf.function``; the integer part of
+    each step is a separate function compiled with XLA when ``xla`` is set, which fuses its
+    dozens of elementwise int64 ops into one pass. Integer results are exact and the only float
+    ops there are single products (``(1−γ)·g``, ``α·v``), so compiling changes no bit.
+    """
+
+    def __init__(
+        self, train_loss: TrainLoss, k: int, dtype: tf.DType, frac_bits: int, xla: bool = True
+    ) -> None:
+        self.train_loss = train_loss
+        self.k = k
+        self.dtype = dtype
+        self.frac_bits = frac_bits
+        self._update = tf.function(self._exact_update, jit_compile=xla)
+        self._undo_pos = tf.function(self._undo_position, jit_compile=xla)
+        self._undo_vel = tf.function(self._undo_velocity, jit_compile=xla)
+        self.forward = tf.function(self._forward, reduce_retracing=True)
+        self.reverse = tf.function(self._reverse, reduce_retracing=True)
+
+    def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
+
+    def _exact_update(self, w_ints, v_ints, regs, grads, alpha, omg, n, d):
+        """v ← γ v − (1−γ) g ; w ← w + α v on the exact state; returns an ok flag too."""
+        fb = self.frac_bits
+        ok = tf.constant(True)
+        new_w, new_v, new_regs = [], [], []
+        for i in range(self.k):
+            v, reg = mul_kernel(v_ints[i], regs[i], n[i], d[i])  # v ← γ v (bits kept)
+            gq, ok_g = to_fixed_unchecked(omg[i] * tf.cast(grads[i], tf.float64), fb)
+            v = v - gq  # v ← v − (1−γ) g
+            step, ok_s = to_fixed_unchecked(alpha[i] * to_float(v, fb), fb)
+            wn = w_ints[i] + step  # w ← w + α v
+            ok = ok & ok_g & ok_s & in_range(v) & in_range(wn)
+            new_w.append(wn)
+            new_v.append(v)
+            new_regs.append(reg)
+        return new_w, new_v, new_regs, ok
+
+    def _forward(self, w_ints, v_ints, regs, alpha, omg, n, d, theta, t):
+        """One exact step: returns new (w, v, registers), an ok flag and the loss."""
+        w = self._weights(w_ints)
+        theta = [tf.cast(x, self.dtype) for x in theta]
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            loss = self.train_loss(w, theta, t)
+        grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        new_w, new_v, new_regs, ok = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d)
+        ok = ok & tf.math.is_finite(tf.cast(loss, tf.float64))
+        return new_w, new_v, new_regs, ok, loss
+
+    def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
+        """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
+        fb = self.frac_bits
+        d_alpha, prev_w, new_dv = [], [], []
+        for i in range(self.k):
+            vf = to_float(v_ints[i], fb)
+            d_alpha.append(tf.reduce_sum(dw[i] * vf))
+            step, _ = to_fixed_unchecked(alpha[i] * vf, fb)
+            prev_w.append(w_ints[i] - step)  # undo w ← w + α v
+            new_dv.append(dv[i] + alpha[i] * dw[i])
+        return prev_w, new_dv, tf.stack(d_alpha)
+
+    def _undo_velocity(self, v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma):
+        """v ← (v + (1−γ) g)/γ (exact) ; dγ = dv·(v + g) ; dw ← dw − H u ; dv ← γ dv."""
+        fb = self.frac_bits
+        prev_v, new_regs, d_gamma, new_dw, new_dv = [], [], [], [], []
+        for i in range(self.k):
+            g64 = tf.cast(grads[i], tf.float64)
+            gq, _ = to_fixed_unchecked(omg[i] * g64, fb)
+            v, reg = div_kernel(v_ints[i] + gq, regs[i], n[i], d[i])  # undo v ← γv − (1−γ)g
+            prev_v.append(v)
+            new_regs.append(reg)
+            d_gamma.append(tf.reduce_sum(dv[i] * (to_float(v, fb) + g64)))
+            new_dw.append(dw[i] - tf.cast(hu[i], tf.float64))
+            new_dv.append(gamma[i] * dv[i])
+        return prev_v, new_regs, new_dw, new_dv, tf.stack(d_gamma)
+
+    def _reverse(self, w_ints, v_ints, regs, dw, dv, dtheta, alpha, omg, n, d, gamma, theta, t):
+        """One exact reverse step with adjoint accumulation (see the module docstring)."""
+        prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
+        u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
+        theta_c = [tf.cast(x, self.dtype) for x in theta]
+        _, grads, hu, mixed = grad_hvp_mixed(
+            lambda w_, th_: self.train_loss(w_, th_, t), self._weights(prev_w), theta_c, u
+        )
+        prev_v, new_regs, new_dw, new_dv, d_gamma = self._undo_vel(
+            v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma
+        )
+        new_dtheta = [dtheta[j] - tf.cast(mixed[j], tf.float64) for j in range(len(dtheta))]
+        return prev_w, prev_v, new_regs, new_dw, new_dv, new_dtheta, d_alpha, d_gamma
+
+
+def hypergradient(
+    train_loss: TrainLoss,
+    val_loss: ValLoss,
+    w0: Sequence[tf.Tensor],
+    alpha: tf.Tensor | np.ndarray,
+    gamma: tf.Tensor | np.ndarray,
+    theta: Sequence[tf.Tensor] = (),
+    *,
+    dtype: tf.DType = tf.float64,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    max_denominator: int = DEFAULT_MAX_DENOMINATOR,
+    callback: Callback | None = None,
+    stepper: _Stepper | None = None,
+) -> HypergradResult:
+    """Train exactly forward, then exactly backward, returning hypergradients of ``val_loss``.
+
+    Args:
+        train_loss: ``L(w, theta, t)``, deterministic in its arguments (no hidden state).
+        val_loss: ``f(w)``, the objective evaluated at the final weights.
+        w0: initial weights, one tensor per parameter tensor (``K`` of them).
+        alpha: learning rates, shape ``[T, K]``.
+        gamma: momentum decays in (0, 1], shape ``[T, K]``; applied as exact rationals.
+        theta: hyperparameters of ``train_loss`` (e.g. weight decay), differentiated too.
+        dtype: dtype the losses are evaluated in (the state is always exact int64).
+        frac_bits: fractional bits of the fixed-point state.
+        max_denominator: largest denominator of the rationals used for ``gamma``.
+        callback: called as ``callback(phase, step, total)`` after every step.
+        stepper: reuse the compiled steps of an earlier call with the same ``train_loss``.
+
+    Returns:
+        A :class:`HypergradResult`; its certificate is always ``ok``.
+
+    Note:
+        Turns on ``tf.config.experimental.enable_op_determinism()`` (process-wide): the
+        reverse pass must recompute each forward gradient bit for bit.
+
+    Raises:
+        DivergenceError: non-finite loss or gradient, or fixed-point overflow (names the step).
+        ExactnessError: the reversal was not bit-exact.
+        ValueError: malformed schedules.
+    """
+    # Exactness needs the reverse pass to recompute every gradient bit for bit.
+    tf.config.experimental.enable_op_determinism()
+    k = len(w0)
+    alpha_np = _schedule(alpha, "alpha", k)
+    gamma_np = _schedule(gamma, "gamma", k)
+    if alpha_np.shape != gamma_np.shape:
+        raise ValueError(
+            f"`alpha` and `gamma` must have the same shape. Received: {alpha_np.shape} "
+            f"and {gamma_np.shape}"
+        )
+    n_steps = alpha_np.shape[0]
+    rats = _rationals(gamma_np, max_denominator)
+    n_all = np.array([[r.n for r in row] for row in rats], dtype=np.int64)
+    d_all = np.array([[r.d for r in row] for row in rats], dtype=np.int64)
+    gamma_applied = n_all / d_all
+    omg_all = (d_all - n_all) / d_all  # 1 − γ, as applied
+    theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
+    st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
+
+    t0 = time.perf_counter()
+    w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
+    w_start = [x for x in w_ints]  # immutable tensors: a reference is a copy
+    v_ints = [tf.zeros_like(x) for x in w_ints]
+    buffers = [InfoBuffer(x.shape) for x in w_ints]
+    losses, flags = [], []
+
+    def check(upto: int) -> None:
+        bad = [i for i, f in enumerate(flags) if not bool(f)]
+        if bad:
+            step = upto - len(flags) + bad[0]
+            loss = float(losses[step])
+            reason = (
+                f"non-finite training loss ({loss})"
+                if not np.isfinite(loss)
+                else "non-finite gradient or fixed-point overflow "
+                f"(|w|, |v| must stay below {max_abs_value(frac_bits):g})"
+            )
+            raise DivergenceError(step, reason)
+        flags.clear()
+
+    for t in range(n_steps):
+        for i, b in enumerate(buffers):
+            b.before_mul(rats[t][i])
+        w_ints, v_ints, regs, ok, loss = st.forward(
+            w_ints,
+            v_ints,
+            [b.register for b in buffers],
+            tf.constant(alpha_np[t]),
+            tf.constant(omg_all[t]),
+            tf.constant(n_all[t]),
+            tf.constant(d_all[t]),
+            theta,
+            tf.constant(t, tf.int32),
+        )
+        for b, r in zip(buffers, regs, strict=True):
+            b.register = r
+        losses.append(loss)
+        flags.append(ok)
+        if len(flags) >= _CHECK_EVERY or t == n_steps - 1:
+            check(t + 1)
+        if callback:
+            callback("forward", t + 1, n_steps)
+    t_forward = time.perf_counter() - t0
+
+    for b in buffers:
+        b.flush()  # between the passes only host words are held
+    n_weights = sum(int(x.shape.num_elements()) for x in w_ints)
+    bits_held = sum(b.bits_held() * b.shape.num_elements() for b in buffers)
+    info_bits = sum(b.info_bits * b.shape.num_elements() for b in buffers)
+
+    t1 = time.perf_counter()
+    w_final = [to_float(q, frac_bits, dtype) for q in w_ints]
+    with tf.GradientTape() as tape:
+        tape.watch(w_final)
+        f_val = val_loss(w_final)
+    dw = [
+        tf.cast(g, tf.float64)
+        for g in tape.gradient(f_val, w_final, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    ]
+    if not np.isfinite(float(f_val)):
+        raise DivergenceError(n_steps, f"non-finite validation loss ({float(f_val)})")
+    dv = [tf.zeros_like(x) for x in dw]
+    dtheta = [tf.zeros_like(x) for x in theta]
+    for b in buffers:
+        b.restore()
+    d_alpha = np.zeros_like(alpha_np)
+    d_gamma = np.zeros_like(gamma_np)
+    for t in reversed(range(n_steps)):
+        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = st.reverse(
+            w_ints,
+            v_ints,
+            [b.register for b in buffers],
+            dw,
+            dv,
+            dtheta,
+            tf.constant(alpha_np[t]),
+            tf.constant(omg_all[t]),
+            tf.constant(n_all[t]),
+            tf.constant(d_all[t]),
+            tf.constant(gamma_applied[t]),
+            theta,
+            tf.constant(t, tf.int32),
+        )
+        for i, b in enumerate(buffers):
+            b.register = regs[i]
+            b.after_div(rats[t][i])
+        d_alpha[t] = da.numpy()
+        d_gamma[t] = dg.numpy()
+        if callback:
+            callback("reverse", n_steps - t, n_steps)
+    t_reverse = time.perf_counter() - t1
+
+    cert = ExactnessCertificate(
+        exact_w0=all(bool(tf.reduce_all(a == b)) for a, b in zip(w_ints, w_start, strict=True)),
+        exact_v0=all(not bool(tf.reduce_any(v != 0)) for v in v_ints),
+        buffer_empty=all(b.is_empty() for b in buffers),
+        bits_held=bits_held / max(n_weights, 1),
+        info_bound_bits=info_bits / max(n_weights, 1),
+    )
+    if not cert.ok:
+        raise ExactnessError(cert)
+    return HypergradResult(
+        val_loss=float(f_val),
+        w_final=w_final,
+        d_alpha=tf.constant(d_alpha),
+        d_gamma=tf.constant(d_gamma),
+        d_theta=dtheta,
+        d_w0=dw,
+        gamma_applied=gamma_applied,
+        train_losses=np.array([float(x) for x in losses]),
+        certificate=cert,
+        timings={"forward_s": t_forward, "reverse_s": t_reverse},
+    )
+
+
+def make_stepper(
+    train_loss: TrainLoss,
+    k: int,
+    dtype: tf.DType = tf.float64,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    xla: bool = True,
+) -> _Stepper:
+    """Compiled steps to pass as ``stepper=`` to repeated :func:`hypergradient` calls."""
+    return _Stepper(train_loss, k, dtype, frac_bits, xla)

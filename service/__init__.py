@@ -1,0 +1,1 @@
+"""revhpo: service."""

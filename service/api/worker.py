@@ -1,0 +1,291 @@
+"""`/v1/worker`: the protocol between the queue and HTTP workers (worker keys only).
+
+Every call after the claim names the attempt's lease token; a call from an attempt whose
+lease expired or was superseded gets 409 and its data is discarded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from service import queue
+from service.artifacts import TooLarge, safe_name
+from service.db import session_scope
+from service.models import Dataset
+from service.schemas import (
+    ClaimRequest,
+    ClaimResponse,
+    CompleteRequest,
+    EventsRequest,
+    FailRequest,
+    HeartbeatRequest,
+    LeaseRequest,
+    LeaseResponse,
+    Problem,
+)
+
+from .deps import EngineDep, ReadSessionDep, SettingsDep, StoreDep, WorkerDep
+from .problems import ProblemError
+
+router = APIRouter(prefix="/v1/worker", tags=["worker"])
+
+RESPONSES = {
+    401: {"model": Problem},
+    403: {"model": Problem, "description": "not a worker key"},
+    409: {"model": Problem, "description": "the attempt's lease is lost; stop the job"},
+}
+TokenHeader = Annotated[str, Header(alias="X-Lease-Token", min_length=1, max_length=64)]
+
+
+def _lost(job_id: str) -> ProblemError:
+    return ProblemError(
+        409,
+        "Lease lost",
+        f"the lease of this attempt on job {job_id} expired or was superseded",
+        field="token",
+    )
+
+
+def _attempt_dir(token: str) -> str:
+    return f"a-{safe_name(token)[:16]}"
+
+
+@router.post(
+    "/claim",
+    response_model=ClaimResponse,
+    responses={**RESPONSES, 204: {"description": "nothing to run"}},
+)
+def claim(
+    body: ClaimRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
+) -> ClaimResponse | Response:
+    """Claim the oldest runnable job (204 when none)."""
+    with session_scope(engine) as session:
+        c = queue.claim(session, worker=body.worker[:200], lease_seconds=settings.lease_seconds)
+    if c is None:
+        return Response(status_code=204)
+    return ClaimResponse(
+        job_id=c.job_id,
+        token=c.token,
+        attempt=c.attempt,
+        spec=c.spec,
+        checkpoint=c.checkpoint.split("/")[-1] if c.checkpoint else None,
+        dataset_ids=c.dataset_ids,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+
+
+@router.post("/jobs/{job_id}/heartbeat", response_model=LeaseResponse, responses=RESPONSES)
+def heartbeat(
+    job_id: str, body: HeartbeatRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
+) -> LeaseResponse:
+    """Extend the lease; the answer says whether the owner asked to cancel."""
+    try:
+        with session_scope(engine) as session:
+            cancel = queue.heartbeat(
+                session,
+                job_id=job_id,
+                token=body.token,
+                lease_seconds=settings.lease_seconds,
+                progress=body.progress,
+            )
+    except queue.LeaseLost as exc:
+        raise _lost(job_id) from exc
+    return LeaseResponse(cancel_requested=cancel, lease_seconds=settings.lease_seconds)
+
+
+@router.post("/jobs/{job_id}/events", response_model=LeaseResponse, responses=RESPONSES)
+def events(
+    job_id: str, body: EventsRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
+) -> LeaseResponse:
+    """Record progress events (also extends the lease)."""
+    try:
+        with session_scope(engine) as session:
+            cancel = queue.add_events(
+                session,
+                job_id=job_id,
+                token=body.token,
+                lease_seconds=settings.lease_seconds,
+                events=body.events,
+            )
+    except queue.LeaseLost as exc:
+        raise _lost(job_id) from exc
+    return LeaseResponse(cancel_requested=cancel, lease_seconds=settings.lease_seconds)
+
+
+async def _upload(
+    request: Request, engine, store, settings, job_id: str, token: str, name: str
+) -> str:
+    """Store the body as this attempt's file `name`; returns its relative path."""
+    try:
+        rel = f"{_attempt_dir(token)}/{safe_name(name)}"
+        dest = store.job_file(safe_name(job_id), rel)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid request", str(exc), field="name") from exc
+
+    def holds_lease() -> bool:
+        with session_scope(engine, write=False) as s:
+            try:
+                return queue.get_job(s, job_id, None).lease_token == token
+            except queue.NotFound:
+                return False
+
+    if not await run_in_threadpool(holds_lease):  # refuse early when the lease is gone
+        raise _lost(job_id)
+    try:
+        await store.save_stream(request.stream(), dest, settings.max_artifact_bytes)
+    except TooLarge as exc:
+        raise ProblemError(413, "Request too large", str(exc), field="body") from exc
+    return rel
+
+
+@router.put("/jobs/{job_id}/artifacts/{name}", status_code=204, responses=RESPONSES)
+async def put_artifact(
+    job_id: str,
+    name: str,
+    request: Request,
+    token: TokenHeader,
+    _w: WorkerDep,
+    engine: EngineDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """Upload a result file (plot, result.json) of the live attempt."""
+    rel = await _upload(request, engine, store, settings, job_id, token, name)
+
+    def record() -> None:
+        with session_scope(engine) as s:
+            queue.add_artifact(s, job_id=job_id, token=token, name=rel)
+
+    try:
+        await run_in_threadpool(record)  # never block the event loop on a database lock
+    except queue.LeaseLost as exc:
+        store.job_file(job_id, rel).unlink(missing_ok=True)
+        raise _lost(job_id) from exc
+    return Response(status_code=204)
+
+
+@router.put("/jobs/{job_id}/checkpoint/{name}", status_code=204, responses=RESPONSES)
+async def put_checkpoint(
+    job_id: str,
+    name: str,
+    request: Request,
+    token: TokenHeader,
+    _w: WorkerDep,
+    engine: EngineDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """Upload the attempt's latest meta-iteration checkpoint (the next attempt resumes it)."""
+    rel = await _upload(request, engine, store, settings, job_id, token, name)
+
+    def record() -> None:
+        with session_scope(engine) as s:
+            queue.set_checkpoint(s, job_id=job_id, token=token, checkpoint=rel)
+
+    try:
+        await run_in_threadpool(record)  # never block the event loop on a database lock
+    except queue.LeaseLost as exc:
+        store.job_file(job_id, rel).unlink(missing_ok=True)
+        raise _lost(job_id) from exc
+    return Response(status_code=204)
+
+
+def _job_for_attempt(session, job_id: str, token: str):  # noqa: ANN202
+    try:
+        job = queue.get_job(session, job_id, None)
+    except queue.NotFound as exc:
+        raise _lost(job_id) from exc
+    if job.lease_token != token:
+        raise _lost(job_id)
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoint",
+    response_class=FileResponse,
+    responses={**RESPONSES, 404: {"model": Problem}},
+)
+def get_checkpoint(
+    job_id: str, token: TokenHeader, _w: WorkerDep, session: ReadSessionDep, store: StoreDep
+) -> FileResponse:
+    """The job's last checkpoint (written by an earlier attempt)."""
+    job = _job_for_attempt(session, job_id, token)
+    if not job.checkpoint or not store.job_file(job.id, job.checkpoint).is_file():
+        raise ProblemError(404, "Not found", "the job has no checkpoint", field="checkpoint")
+    return FileResponse(
+        store.job_file(job.id, job.checkpoint), filename=job.checkpoint.split("/")[-1]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/datasets/{dataset_id}",
+    response_class=FileResponse,
+    responses={**RESPONSES, 404: {"model": Problem}},
+)
+def get_dataset(
+    job_id: str,
+    dataset_id: str,
+    token: TokenHeader,
+    _w: WorkerDep,
+    session: ReadSessionDep,
+    store: StoreDep,
+) -> FileResponse:
+    """A dataset the attempt's job references (saved by the worker as `<id>.<format>`)."""
+    job = _job_for_attempt(session, job_id, token)
+    if dataset_id not in (job.dataset_ids or []):
+        raise ProblemError(404, "Not found", "the job references no such dataset", field="id")
+    row = session.scalars(select(Dataset).where(Dataset.id == dataset_id)).first()
+    if row is None:
+        raise ProblemError(404, "Not found", "dataset missing", field="id")
+    return FileResponse(store.root / row.path, filename=f"{row.id}.{row.format}")
+
+
+def _finish_call(engine, fn, job_id: str, **kw) -> Response:  # noqa: ANN001
+    """Run `fn(session, job_id=..., **kw)` in its own committed transaction."""
+    try:
+        with session_scope(engine) as session:
+            fn(session, job_id=job_id, **kw)
+    except queue.LeaseLost as exc:
+        raise _lost(job_id) from exc
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}/complete", status_code=204, responses=RESPONSES)
+def complete(job_id: str, body: CompleteRequest, _w: WorkerDep, engine: EngineDep) -> Response:
+    """The attempt succeeded: store the result (refused if the lease is lost)."""
+    return _finish_call(engine, queue.complete, job_id, token=body.token, result=body.result)
+
+
+@router.post("/jobs/{job_id}/fail", status_code=204, responses=RESPONSES)
+def fail(
+    job_id: str, body: FailRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
+) -> Response:
+    """The attempt failed: retry with backoff if `retryable` and attempts remain, else fail."""
+    return _finish_call(
+        engine,
+        queue.fail,
+        job_id,
+        token=body.token,
+        reason=body.reason,
+        retryable=body.retryable,
+        backoff_seconds=settings.backoff_seconds,
+        backoff_max_seconds=settings.backoff_max_seconds,
+    )
+
+
+@router.post("/jobs/{job_id}/cancelled", status_code=204, responses=RESPONSES)
+def cancelled(job_id: str, body: LeaseRequest, _w: WorkerDep, engine: EngineDep) -> Response:
+    """The attempt stopped on a cancel request."""
+    return _finish_call(engine, queue.mark_cancelled, job_id, token=body.token)
+
+
+@router.post("/jobs/{job_id}/release", status_code=204, responses=RESPONSES)
+def release(job_id: str, body: LeaseRequest, _w: WorkerDep, engine: EngineDep) -> Response:
+    """Hand the job back (worker shutting down); it is queued again at once."""
+    return _finish_call(engine, queue.release, job_id, token=body.token)

@@ -1,0 +1,87 @@
+"""The artifact directory: uploaded datasets, and per-job results, plots and checkpoints.
+
+Layout (under `Settings.resolved_artifact_dir`)::
+
+    datasets/<dataset id>.<npz|csv>
+    jobs/<job id>/<attempt dir>/<name>     # one directory per attempt: a late upload of a
+                                           # dead attempt can never overwrite a live one's file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class TooLarge(Exception):
+    """An upload exceeded its size limit."""
+
+
+def safe_name(name: str) -> str:
+    """`name` if it is a plain file name (no path, no leading dot), else ValueError."""
+    if not _SAFE.match(name) or ".." in name:
+        raise ValueError(f"`name` must match {_SAFE.pattern} without '..'. Received: name={name!r}")
+    return name
+
+
+class ArtifactStore:
+    """Files of the service, addressed by ids and checked names only."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "datasets").mkdir(parents=True, exist_ok=True)
+        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+
+    def dataset_path(self, dataset_id: str, fmt: str) -> Path:
+        """Where dataset `dataset_id` (format `npz` or `csv`) is kept."""
+        return self.root / "datasets" / f"{safe_name(dataset_id)}.{fmt}"
+
+    def job_file(self, job_id: str, rel: str) -> Path:
+        """A job's file `rel` = `<attempt dir>/<name>` (both parts checked)."""
+        parts = rel.split("/")
+        if len(parts) != 2:
+            raise ValueError(f"artifact path must be '<dir>/<name>'. Received: {rel!r}")
+        return self.root / "jobs" / safe_name(job_id) / safe_name(parts[0]) / safe_name(parts[1])
+
+    async def save_stream(
+        self, chunks: AsyncIterator[bytes], dest: Path, limit: int
+    ) -> tuple[int, str]:
+        """Write an upload to `dest` atomically, refusing more than `limit` bytes.
+
+        Returns:
+            (size, sha256 hex).
+
+        Raises:
+            TooLarge: the stream went past `limit` (nothing is left behind).
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".upload-")
+        h, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"{size} > {limit} bytes")
+                    h.update(chunk)
+                    fh.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size, h.hexdigest()
+
+    def copy_in(self, src: Path, dest: Path) -> None:
+        """Copy a spooled upload into place atomically."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".upload-")
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)

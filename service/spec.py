@@ -1,0 +1,368 @@
+"""The job spec: one document (YAML or JSON) describing a tuning run.
+
+The same document is accepted by `revhpo tune SPEC` and by the HTTP API. Every model forbids
+unknown fields, so a typo fails loudly with the field's name and the value received.
+Hyperparameters are given in their natural units (learning rate, momentum decay, weight decay,
+init scale); the tuner optimises them in unconstrained form (log α, logit γ, log λ, log scale).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+__all__ = [
+    "CsvDataset",
+    "DigitsDataset",
+    "HyperparameterSpec",
+    "HyperparametersSpec",
+    "IdxDataset",
+    "JobSpec",
+    "LimitsSpec",
+    "MetaSpec",
+    "NetSpec",
+    "NpzDataset",
+    "SpecError",
+    "SplitSpec",
+    "SyntheticDataset",
+    "TrainingSpec",
+    "UploadedDataset",
+    "format_validation_error",
+    "json_schema",
+    "load_spec",
+]
+
+Granularity = Literal["scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"]
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be read or validated; the message names the field and value."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- datasets
+class SplitSpec(_Model):
+    """Deterministic train/validation/test split drawn from a seed.
+
+    Each of ``train``, ``val``, ``test`` is either a count of examples (an integer ≥ 1) or a
+    fraction of the dataset (a number in (0, 1)). Counts and fractions may be mixed; together
+    they must not exceed the dataset.
+    """
+
+    train: int | float = Field(1000, gt=0, description="training examples (count, or fraction < 1)")
+    val: int | float = Field(397, gt=0, description="validation examples (count, or fraction < 1)")
+    test: int | float = Field(400, gt=0, description="test examples (count, or fraction < 1)")
+    seed: int = Field(0, ge=0, description="seed of the permutation that makes the split")
+
+    @field_validator("train", "val", "test")
+    @classmethod
+    def _count_or_fraction(cls, v: int | float) -> int | float:
+        if v >= 1 and v != int(v):
+            raise ValueError(
+                f"must be an integer count ≥ 1 or a fraction in (0, 1). Received: {v!r}"
+            )
+        return v
+
+
+class _DatasetBase(_Model):
+    split: SplitSpec = Field(default_factory=SplitSpec, description="train/val/test split")
+    standardize: bool = Field(
+        True, description="subtract the training mean and divide by the training std per feature"
+    )
+
+
+class DigitsDataset(_DatasetBase):
+    """scikit-learn's 8×8 digits (1,797 images, 10 classes); the data ships with the package."""
+
+    kind: Literal["digits"] = "digits"
+
+
+class SyntheticDataset(_DatasetBase):
+    """A synthetic classification task generated from a seed (no files)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    task: Literal["blobs", "xor", "spirals"] = Field("blobs", description="which generator")
+    n_samples: int = Field(1200, ge=10, le=1_000_000)
+    n_features: int = Field(16, ge=2, le=100_000, description="input dimension")
+    n_classes: int = Field(4, ge=2, le=1000, description="classes (xor: always 2)")
+    noise: float = Field(1.0, ge=0, description="noise scale")
+    seed: int = Field(0, ge=0, description="seed of the generator")
+    split: SplitSpec = Field(default_factory=lambda: SplitSpec(train=0.6, val=0.2, test=0.2))
+
+
+class NpzDataset(_DatasetBase):
+    """A NumPy ``.npz`` file with a feature array and an integer label array."""
+
+    kind: Literal["npz"] = "npz"
+    path: str = Field(..., min_length=1, description="path of the .npz file")
+    x_key: str = Field("x", description="name of the feature array ([n, ...], flattened)")
+    y_key: str = Field("y", description="name of the label array ([n])")
+
+
+class CsvDataset(_DatasetBase):
+    """A ``.csv`` file: one example per row, numeric features and one label column."""
+
+    kind: Literal["csv"] = "csv"
+    path: str = Field(..., min_length=1, description="path of the .csv file")
+    label_column: str | int = Field(
+        -1, description="label column: its header name, or its index (negative from the end)"
+    )
+    header: bool = Field(True, description="whether the first row holds column names")
+    delimiter: str = Field(",", min_length=1, max_length=1)
+
+
+class IdxDataset(_DatasetBase):
+    """MNIST-format IDX files (optionally gzipped): an image file and a label file."""
+
+    kind: Literal["idx"] = "idx"
+    images: str = Field(..., min_length=1, description="path of the IDX image file")
+    labels: str = Field(..., min_length=1, description="path of the IDX label file")
+    scale: float = Field(1 / 255, gt=0, description="multiplier applied to the raw pixels")
+
+
+class UploadedDataset(_DatasetBase):
+    """A dataset uploaded to the service, referenced by its id (resolved under dataset_dir)."""
+
+    kind: Literal["uploaded"] = "uploaded"
+    id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the dataset id")
+    label_column: str | int = Field(-1, description="label column, when the upload is a .csv")
+
+
+DatasetSpec = Annotated[
+    DigitsDataset | SyntheticDataset | NpzDataset | CsvDataset | IdxDataset | UploadedDataset,
+    Field(discriminator="kind"),
+]
+
+
+# ----------------------------------------------------------------------------- net, training
+class NetSpec(BaseModel):
+    """A model family and its config, passed unchanged to ``nets.build_net``.
+
+    Only ``family`` is checked here; the other keys (``hidden``, ``activation``, ...) are the
+    family's own and are validated by ``nets`` when the problem is built.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    family: str = Field(..., min_length=1, description="model family, e.g. mlp, implicit, sss")
+
+    def config(self) -> dict[str, Any]:
+        """The dict handed to ``nets.build_net``."""
+        return self.model_dump()
+
+
+class TrainingSpec(_Model):
+    """The inner training run: SGD with momentum for ``steps`` steps."""
+
+    steps: int = Field(100, ge=1, le=100_000, description="training steps T")
+    batch_size: int = Field(50, ge=1, le=1_000_000, description="minibatch size")
+    dtype: Literal["float32", "float64"] = Field(
+        "float64", description="dtype the net is evaluated in (weights are exact fixed point)"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="base training seed (init + minibatches)")
+    frac_bits: int = Field(52, ge=16, le=60, description="fractional bits of the fixed point")
+    max_denominator: int = Field(
+        2**16, ge=2, le=2**24, description="largest denominator of the rational momentum decays"
+    )
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+_ALLOWED_GRANULARITY: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
+    "momentum": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
+    "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
+    "init_scale": ("scalar", "per_layer"),
+}
+
+
+class HyperparameterSpec(_Model):
+    """One hyperparameter group: its initial value, whether it is tuned, and its granularity."""
+
+    init: float = Field(..., description="initial value in natural units")
+    tune: bool = Field(False, description="tune it by hypergradient descent")
+    granularity: Granularity = Field("scalar", description="how many independent values")
+
+
+def _hp(init: float, tune: bool, granularity: str) -> Any:
+    return Field(
+        default_factory=lambda: HyperparameterSpec(init=init, tune=tune, granularity=granularity)
+    )
+
+
+class HyperparametersSpec(_Model):
+    """The four groups. Tuned in unconstrained form: log α, logit γ, log λ, log scale."""
+
+    learning_rate: HyperparameterSpec = _hp(0.3, True, "per_layer_per_step")
+    momentum: HyperparameterSpec = _hp(0.9, True, "per_layer_per_step")
+    weight_decay: HyperparameterSpec = _hp(1e-4, False, "scalar")
+    init_scale: HyperparameterSpec = _hp(1.0, False, "per_layer")
+
+    @field_validator("learning_rate", "momentum", "weight_decay", "init_scale")
+    @classmethod
+    def _check_group(cls, hp: HyperparameterSpec, info: ValidationInfo) -> HyperparameterSpec:
+        name = info.field_name
+        allowed = _ALLOWED_GRANULARITY[name]
+        if hp.granularity not in allowed:
+            raise ValueError(
+                f"`granularity` of {name} must be one of {list(allowed)}. "
+                f"Received: granularity={hp.granularity!r}"
+            )
+        v = hp.init
+        ok, what = {
+            "learning_rate": (v > 0, "> 0"),
+            "momentum": (0 < v < 1, "in (0, 1)"),
+            "init_scale": (v > 0, "> 0"),
+            "weight_decay": (
+                v > 0 if hp.tune else v >= 0,
+                "> 0 when tuned (it is tuned as log λ), ≥ 0 otherwise",
+            ),
+        }[name]
+        if not ok or not math.isfinite(v):
+            raise ValueError(f"`init` of {name} must be {what}. Received: init={v!r}")
+        return hp
+
+
+# ----------------------------------------------------------------------------- meta, limits
+class MetaSpec(_Model):
+    """The outer loop: gradient descent on the unconstrained hyperparameters."""
+
+    iterations: int = Field(50, ge=0, le=100_000, description="meta-iterations")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="meta-optimizer")
+    step_size: float = Field(0.05, gt=0, le=100, description="meta step size")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD meta-momentum (sgd only)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam β1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2")
+    objective: Literal["val_loss"] = Field("val_loss", description="what is minimised")
+    clip_norm: float | None = Field(
+        10.0, gt=0, description="clip the meta-gradient to this global norm (null: no clipping)"
+    )
+    on_divergence: Literal["stop", "backtrack"] = Field(
+        "backtrack",
+        description="on a diverged training run (NaN/Inf, fixed-point overflow) or a "
+        "non-finite hypergradient: stop, or restore the previous hyperparameters, halve the "
+        "meta step size and go on (up to max_backtracks times, then stop)",
+    )
+    max_backtracks: int = Field(5, ge=0, le=100)
+    fresh_seed: bool = Field(
+        True,
+        description="draw a fresh training seed (init + minibatches) every meta-iteration; "
+        "with false every meta-iteration trains with training.seed and the hyperparameters "
+        "overfit that one seed",
+    )
+    eval_seeds: int = Field(
+        5, ge=0, le=1000, description="held-out training seeds for the final evaluation"
+    )
+
+
+class LimitsSpec(_Model):
+    """Guards that keep one job from exhausting a worker."""
+
+    max_params_x_steps: int = Field(
+        200_000_000, ge=1, description="largest (net parameters × training steps) accepted"
+    )
+    max_wall_time_s: float | None = Field(
+        3600.0, gt=0, description="stop (status 'stopped') once tuning has run this long"
+    )
+    max_hyperparameters: int = Field(10_000_000, ge=1, description="largest tuned count")
+
+
+class JobSpec(_Model):
+    """A tuning job: data, model, inner training, hyperparameters, outer loop and limits."""
+
+    version: Literal[1] = Field(1, description="spec format version")
+    name: str = Field("tuning", max_length=200, description="free-form job name")
+    dataset: DatasetSpec = Field(default_factory=DigitsDataset)
+    net: NetSpec = Field(
+        default_factory=lambda: NetSpec(family="mlp", sizes=[50, 50], activation="tanh")
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
+    meta: MetaSpec = Field(default_factory=MetaSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _default_kind(cls, v: Any) -> Any:
+        if isinstance(v, Mapping) and "kind" not in v:
+            return {**v, "kind": "digits"}
+        return v
+
+
+# ----------------------------------------------------------------------------- loading
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``field.path: message (received: value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "(spec)"
+        value = e.get("input")
+        shown = json.dumps(value, default=str)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{loc}: {e['msg']} (received: {shown})")
+    return "\n".join(lines)
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | JobSpec) -> JobSpec:
+    """Read and validate a job spec.
+
+    Args:
+        source: a path to a ``.yaml``/``.yml``/``.json`` file, the YAML or JSON text itself, a
+            mapping, or an existing :class:`JobSpec`.
+
+    Returns:
+        The validated :class:`JobSpec`.
+
+    Raises:
+        SpecError: the file cannot be read, the text does not parse, or validation fails; the
+            message names each offending field and the value received.
+    """
+    if isinstance(source, JobSpec):
+        return source
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        text = None
+        if isinstance(source, Path) or (
+            isinstance(source, str) and "\n" not in source and not source.lstrip().startswith("{")
+        ):
+            path = Path(source)
+            if not path.is_file():
+                raise SpecError(f"spec file not found. Received: path={str(source)!r}")
+            text = path.read_text(encoding="utf-8")
+        else:
+            text = str(source)
+        try:
+            data = yaml.safe_load(text)  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec is neither valid YAML nor JSON: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"spec must be a mapping (an object). Received: {type(data).__name__} {data!r:.80}"
+        )
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError("invalid job spec:\n" + format_validation_error(exc)) from exc
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of :class:`JobSpec`."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "revhpo job spec"
+    return schema

@@ -1,0 +1,173 @@
+"""Tiers 1 and 2 for optimizers/: exact reversal and hypergradients proved against references."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from mlp_problem import make_problem, max_rel_error, schedules
+
+from optimizers import (
+    DivergenceError,
+    ExactnessError,
+    hypergradient,
+    minibatch_indices,
+    plain_sgd,
+    unrolled_hypergradient,
+)
+
+RTOL_UNROLLED = 1e-6
+RTOL_FD = 1e-4
+
+
+def _check_against_unrolled(problem, alpha, gamma, dtype=tf.float64):
+    train_loss, val_loss, w0, theta = problem
+    res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, dtype=dtype)
+    assert res.certificate.ok
+    ref = unrolled_hypergradient(train_loss, val_loss, w0, alpha, res.gamma_applied, theta)
+    assert res.val_loss == pytest.approx(ref["val_loss"], rel=1e-12)
+    assert max_rel_error(res.d_alpha, ref["d_alpha"]) <= RTOL_UNROLLED
+    assert max_rel_error(res.d_gamma, ref["d_gamma"]) <= RTOL_UNROLLED
+    for a, b in zip(res.d_theta, ref["d_theta"], strict=True):
+        assert max_rel_error(a, b) <= RTOL_UNROLLED
+    for a, b in zip(res.d_w0, ref["d_w0"], strict=True):
+        assert max_rel_error(a, b) <= RTOL_UNROLLED
+    return res
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_per_layer_per_step_hypergradients_equal_unrolled_autodiff(activation):
+    problem = make_problem(activation=activation, sizes=(5, 8, 7, 3))
+    alpha, gamma = schedules(40, len(problem[2]))
+    _check_against_unrolled(problem, alpha, gamma)
+
+
+def test_two_hundred_steps_equal_unrolled_autodiff():
+    problem = make_problem(sizes=(4, 6, 3), n_train=36, batch=9)
+    alpha, gamma = schedules(200, len(problem[2]), alpha=(0.05, 0.2), gamma=(0.8, 0.95))
+    _check_against_unrolled(problem, alpha, gamma)
+
+
+def test_scalar_schedule_gradients_are_sums_of_the_per_step_ones():
+    # a scalar alpha is a broadcast of the [T, K] schedule: its gradient is the sum
+    problem = make_problem(sizes=(4, 6, 3))
+    k = len(problem[2])
+    a = tf.Variable(0.2, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        alpha = a * tf.ones([25, k], tf.float64)
+    res = hypergradient(*problem[:3], alpha.numpy(), np.full((25, k), 0.9), problem[3])
+    d_a = tape.gradient(alpha, a, output_gradients=res.d_alpha)
+    assert float(d_a) == pytest.approx(float(tf.reduce_sum(res.d_alpha)), rel=1e-12)
+
+
+def test_init_scale_gradient_by_chain_rule_matches_finite_differences():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    alpha, gamma = schedules(20, len(w0))
+    scales = tf.Variable([1.0, 0.7], dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        scaled = [w * scales[i // 2] for i, w in enumerate(w0)]
+    res = hypergradient(train_loss, val_loss, scaled, alpha, gamma, theta)
+    d_scales = tape.gradient(scaled, scales, output_gradients=res.d_w0).numpy()
+
+    def f(s):
+        w = [x * s[i // 2] for i, x in enumerate(w0)]
+        return float(val_loss(plain_sgd(train_loss, w, alpha, res.gamma_applied, theta)))
+
+    eps = 1e-6
+    for j in range(2):
+        e = np.eye(2)[j] * eps
+        fd = (f(scales.numpy() + e) - f(scales.numpy() - e)) / (2 * eps)
+        assert d_scales[j] == pytest.approx(fd, rel=RTOL_FD)
+
+
+def test_hypergradients_match_central_finite_differences():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    k = len(w0)
+    alpha, gamma = schedules(20, k)
+    res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta)
+    gam = res.gamma_applied
+
+    def f(a, g, th):
+        return float(val_loss(plain_sgd(train_loss, w0, a, g, th)))
+
+    eps = 1e-6
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        t, i = int(rng.integers(20)), int(rng.integers(k))
+        e = np.zeros_like(alpha)
+        e[t, i] = eps
+        fd_a = (f(alpha + e, gam, theta) - f(alpha - e, gam, theta)) / (2 * eps)
+        assert float(res.d_alpha[t, i]) == pytest.approx(fd_a, rel=RTOL_FD, abs=1e-9)
+        fd_g = (f(alpha, gam + e, theta) - f(alpha, gam - e, theta)) / (2 * eps)
+        assert float(res.d_gamma[t, i]) == pytest.approx(fd_g, rel=RTOL_FD, abs=1e-9)
+    th_p = [theta[0] + eps, *theta[1:]]
+    th_m = [theta[0] - eps, *theta[1:]]
+    fd_t = (f(alpha, gam, th_p) - f(alpha, gam, th_m)) / (2 * eps)
+    assert float(res.d_theta[0]) == pytest.approx(fd_t, rel=RTOL_FD)
+
+
+def test_float32_evaluation_is_still_exact():
+    problem = make_problem(sizes=(5, 8, 3))
+    alpha, gamma = schedules(30, len(problem[2]))
+    res = hypergradient(*problem[:3], alpha, gamma, problem[3], dtype=tf.float32)
+    assert res.certificate.ok
+    assert res.w_final[0].dtype == tf.float32
+
+
+@pytest.mark.slow
+def test_exact_recovery_after_ten_thousand_steps():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(3, 4, 2), n_train=16, batch=4)
+    n_steps = 10_000
+    alpha = np.full((n_steps, len(w0)), 0.1)
+    gamma = np.full((n_steps, len(w0)), 0.9)
+    res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta)
+    # hypergradient raises ExactnessError unless w0, v0 and the buffers come back exactly
+    assert res.certificate.ok
+    assert res.certificate.info_bound_bits == pytest.approx(n_steps * np.log2(10 / 9))
+    assert res.certificate.bits_held <= 1.02 * res.certificate.info_bound_bits
+
+
+def test_divergence_names_the_step():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    alpha = np.full((60, len(w0)), 1e6)
+    gamma = np.full((60, len(w0)), 0.5)
+    with pytest.raises(DivergenceError) as info:
+        hypergradient(train_loss, val_loss, w0, alpha, gamma, theta)
+    assert 0 <= info.value.step < 60
+    assert f"step {info.value.step}" in str(info.value)
+
+
+def test_nan_loss_names_the_step():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+
+    def poisoned(w, th, t):
+        loss = train_loss(w, th, t)
+        return tf.where(t >= 7, tf.constant(np.nan, loss.dtype), loss)
+
+    with pytest.raises(DivergenceError, match="step 7: non-finite training loss"):
+        hypergradient(poisoned, val_loss, w0, *schedules(20, len(w0)), theta)
+
+
+def test_hidden_state_in_the_loss_is_caught_by_the_certificate():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3), weight_decay=False)
+    calls = tf.Variable(0.0, dtype=tf.float64)
+
+    def stateful(w, th, t):  # a loss that changes between the forward and reverse pass
+        calls.assign_add(1.0)
+        return train_loss(w, th, t) + 1e-3 * calls * tf.reduce_sum(w[0])
+
+    with pytest.raises(ExactnessError, match="not exact"):
+        hypergradient(stateful, val_loss, w0, *schedules(10, len(w0)), theta)
+
+
+def test_malformed_schedule_is_rejected_with_its_shape():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    with pytest.raises(ValueError, match=r"shape=\(5, 3\)"):
+        hypergradient(train_loss, val_loss, w0, np.ones((5, 3)), np.ones((5, 3)), theta)
+
+
+def test_minibatches_are_stateless_and_cover_each_epoch():
+    a = minibatch_indices(3, 5, 40, 8).numpy()
+    b = minibatch_indices(3, 5, 40, 8).numpy()
+    np.testing.assert_array_equal(a, b)
+    epoch = np.concatenate([minibatch_indices(3, t, 40, 8).numpy() for t in range(5)])
+    assert sorted(epoch.tolist()) == list(range(40))
+    assert not np.array_equal(minibatch_indices(4, 5, 40, 8).numpy(), a)
