@@ -73,8 +73,8 @@ class DivergenceError(ArithmeticError):
 class ExactnessError(RuntimeError):
     """The reverse pass did not recover the initial state bit for bit."""
 
-    def __init__(self, certificate: ExactnessCertificate) -> None:
-        super().__init__(f"reverse pass was not exact: {certificate}")
+    def __init__(self, certificate: ExactnessCertificate, hint: str = "") -> None:
+        super().__init__(f"reverse pass was not exact: {certificate}{hint}")
         self.certificate = certificate
 
 
@@ -153,6 +153,11 @@ def _schedule(x: tf.Tensor | np.ndarray, name: str, k: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` must be finite. Received: {name} with non-finite entries")
     return arr
+
+
+def _rows(x: np.ndarray) -> list[tf.Tensor]:
+    """The rows of a ``[T, K]`` schedule as ``T`` tensors, converted in one go."""
+    return tf.unstack(tf.constant(x)) if x.shape[0] else []
 
 
 def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
@@ -346,20 +351,31 @@ def hypergradient(
             raise DivergenceError(step, reason)
         flags.clear()
 
+    # Per-step schedule rows as tensors made once, and the step's concrete function called
+    # directly: per-call dispatch (signature matching, constant creation) is host time.
+    alpha_rows = _rows(alpha_np)
+    omg_rows = _rows(omg_all)
+    n_rows = _rows(n_all)
+    d_rows = _rows(d_all)
+    gamma_rows = _rows(gamma_applied)
+    t_rows = tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else []
+    forward = None
     for t in range(n_steps):
         for i, b in enumerate(buffers):
             b.before_mul(rats[t][i])
-        w_ints, v_ints, regs, ok, loss = st.forward(
+        args = (
             w_ints,
             v_ints,
             [b.register for b in buffers],
-            tf.constant(alpha_np[t]),
-            tf.constant(omg_all[t]),
-            tf.constant(n_all[t]),
-            tf.constant(d_all[t]),
+            alpha_rows[t],
+            omg_rows[t],
+            n_rows[t],
+            d_rows[t],
             theta,
-            tf.constant(t, tf.int32),
+            t_rows[t],
         )
+        forward = forward or st.forward.get_concrete_function(*args)
+        w_ints, v_ints, regs, ok, loss = forward(*args)
         for b, r in zip(buffers, regs, strict=True):
             b.register = r
         losses.append(loss)
@@ -393,22 +409,25 @@ def hypergradient(
         b.restore()
     d_alpha = np.zeros_like(alpha_np)
     d_gamma = np.zeros_like(gamma_np)
+    reverse = None
     for t in reversed(range(n_steps)):
-        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = st.reverse(
+        args = (
             w_ints,
             v_ints,
             [b.register for b in buffers],
             dw,
             dv,
             dtheta,
-            tf.constant(alpha_np[t]),
-            tf.constant(omg_all[t]),
-            tf.constant(n_all[t]),
-            tf.constant(d_all[t]),
-            tf.constant(gamma_applied[t]),
+            alpha_rows[t],
+            omg_rows[t],
+            n_rows[t],
+            d_rows[t],
+            gamma_rows[t],
             theta,
-            tf.constant(t, tf.int32),
+            t_rows[t],
         )
+        reverse = reverse or st.reverse.get_concrete_function(*args)
+        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = reverse(*args)
         for i, b in enumerate(buffers):
             b.register = regs[i]
             b.after_div(rats[t][i])
@@ -426,7 +445,15 @@ def hypergradient(
         info_bound_bits=info_bits / max(n_weights, 1),
     )
     if not cert.ok:
-        raise ExactnessError(cert)
+        hint = ""
+        if dtype != tf.float64:
+            hint = (
+                f". The training loss is evaluated in {dtype.name}: oneDNN's CPU kernels can "
+                "round differently in the two passes; set TF_ENABLE_ONEDNN_OPTS=0 before "
+                "TensorFlow is first imported (revhpo does when it is imported first), or use "
+                "float64"
+            )
+        raise ExactnessError(cert, hint)
     return HypergradResult(
         val_loss=float(f_val),
         w_final=w_final,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from nets import build_net
+from nets import build_net, family_task
 from optimizers.hyperparams import HyperGroup, Layout, Parametrization
 from optimizers.meta import make_meta_optimizer
 from optimizers.tuning import (
@@ -84,14 +84,11 @@ def build_problem(spec: JobSpec | Mapping | str | Path, dataset_dir: Path | None
     tf.config.experimental.enable_op_determinism()
     data = load_dataset(spec.dataset, dataset_dir)
     try:
-        net = build_net(spec.net.config(), data.input_dim, data.n_classes)
+        config = spec.net.config()
+        out_dim = data.input_dim if family_task(config) == "reconstruction" else data.n_classes
+        net = build_net(config, data.input_dim, out_dim)
     except ValueError as exc:
         raise SpecError(f"net: {exc}") from exc
-    if (
-        getattr(net, "task", "classification") == "reconstruction"
-        and net.output_dim != net.input_dim
-    ):
-        net = build_net(spec.net.config(), data.input_dim, data.input_dim)
     T = spec.training.steps
     n_params = int(sum(int(np.prod(s)) for s in net.param_shapes))
     if n_params * T > spec.limits.max_params_x_steps:

@@ -388,3 +388,22 @@ def test_per_weight_decay_and_float32_hypergradients():
     an = float(np.sum(g * d))
     assert abs(an) > 1e-5, an  # not trivially small
     assert math.isclose(an, fd, rel_tol=5e-2), (an, fd)
+
+
+def test_autoencoder_spec_builds_a_reconstruction_problem_and_is_exact():
+    """An autoencoder's output width is the input width, not the class count."""
+    spec = tiny_spec(
+        net={
+            "family": "implicit_autoencoder",
+            "hidden_layer_num": 1,
+            "start_layer": 5,
+            "latent_num": 3,
+        },
+        training={"steps": 4},
+    )
+    problem = build_problem(spec)
+    assert problem.task == "reconstruction"
+    assert problem.net.output_dim == problem.net.input_dim == 6
+    ev = problem.evaluate(problem.raw, seed=2)
+    assert ev.hyper.certificate.ok
+    assert np.isfinite(ev.val_loss)
