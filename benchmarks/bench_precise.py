@@ -17,16 +17,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from precise import FixedArray, mul_kernel, to_fixed, to_fixed_unchecked, to_float  # noqa: E402
+from precise import (  # noqa: E402
+    DEFAULT_GROUP,
+    FixedArray,
+    group_layout,
+    group_mul_kernel,
+    to_fixed,
+    to_fixed_unchecked,
+    to_float,
+)
 
 
-def buffer_ratio(rate: float, elements: int, steps: int) -> dict:
+def buffer_ratio(rate: float, elements: int, steps: int, group: int = DEFAULT_GROUP) -> dict:
     """Multiply ``steps`` times by ``rate``, flush, and compare memory with the bound."""
-    a = FixedArray(np.random.default_rng(0).normal(size=elements))
+    a = FixedArray(np.random.default_rng(0).normal(size=elements), group=group)
     start = a.ints.numpy().copy()
     for _ in range(steps):
         a.mul(rate)
-    live = a.buffer.bits_held()  # words + the 64-bit register, during training
+    live = a.buffer.bits_held()  # words + the 64-bit registers, during training
     a.buffer.flush()
     held = a.buffer.bits_held()  # between the passes: host words only
     bound = a.buffer.info_bits
@@ -37,6 +45,8 @@ def buffer_ratio(rate: float, elements: int, steps: int) -> dict:
     return {
         "rate": rate,
         "steps": steps,
+        "elements": elements,
+        "group": group,
         "bound_bits": bound,
         "held_bits": held,
         "held_over_bound": held / bound,
@@ -46,20 +56,21 @@ def buffer_ratio(rate: float, elements: int, steps: int) -> dict:
     }
 
 
-def update_ratio(elements: int, repeats: int = 20) -> dict:
+def update_ratio(elements: int, repeats: int = 20, group: int = DEFAULT_GROUP) -> dict:
     """Time of one exact momentum update (mul, sub, add) ÷ the float64 update, same sizes."""
     rng = np.random.default_rng(1)
     w = tf.constant(rng.normal(size=elements))
     v = tf.constant(rng.normal(size=elements))
     g = tf.constant(rng.normal(size=elements))
     wi, vi = to_fixed(w), to_fixed(v)
-    reg = tf.zeros_like(vi)
+    g_rows, registers = group_layout(elements, group)
+    reg = tf.zeros([registers], tf.int64)
     n, d = tf.constant(9, tf.int64), tf.constant(10, tf.int64)
     alpha, omg, gamma = (tf.constant(x, tf.float64) for x in (0.1, 0.1, 0.9))
 
     @tf.function(jit_compile=True)
     def exact(wi, vi, reg, g):
-        vi, reg = mul_kernel(vi, reg, n, d)
+        vi, reg = group_mul_kernel(vi, reg, n, d, g_rows)
         gq, _ = to_fixed_unchecked(omg * g, 52)
         vi = vi - gq
         step, _ = to_fixed_unchecked(alpha * to_float(vi, 52), 52)
@@ -91,6 +102,7 @@ def update_ratio(elements: int, repeats: int = 20) -> dict:
     tx = timeit(plain_xla, w, v, g)
     return {
         "elements": elements,
+        "group": group,
         "exact_ms": te * 1e3,
         "float64_ms": tp * 1e3,
         "float64_xla_ms": tx * 1e3,
@@ -108,21 +120,21 @@ def main() -> None:
     args = p.parse_args()
     rows = [buffer_ratio(r, args.elements, args.steps) for r in (0.5, 0.9, 0.99)]
     rows.append(buffer_ratio(0.99, max(args.elements // 10, 1), 10 * args.steps))
+    rows += [buffer_ratio(r, args.elements, args.steps, group=1) for r in (0.9, 0.99)]
     upd = update_ratio(args.update_elements)
     if args.json:
         print(json.dumps({"buffer": rows, "update": upd}, indent=2))
         return
-    print(f"Buffer on {args.elements:,} elements (last row: a tenth of them, 10x the steps)\n")
     print(
-        "| rate | steps | bound (bits/elt) | held between passes | held/bound "
-        "| live during training | live/bound | exact |"
+        "| rate | steps | elements | elements per register | bound (bits/elt) "
+        "| held between passes | held/bound | live during training | live/bound | exact |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['rate']} | {r['steps']} | {r['bound_bits']:.1f} | {r['held_bits']} "
-            f"| {r['held_over_bound']:.3f} | {r['live_bits']} | {r['live_over_bound']:.3f} "
-            f"| {r['exact']} |"
+            f"| {r['rate']} | {r['steps']:,} | {r['elements']:,} | {r['group']} "
+            f"| {r['bound_bits']:.1f} | {r['held_bits']:.1f} | {r['held_over_bound']:.3f} "
+            f"| {r['live_bits']:.1f} | {r['live_over_bound']:.3f} | {r['exact']} |"
         )
     print(
         f"\nExact momentum update (mul, sub, add) on {upd['elements']:,} elements: "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -39,10 +40,10 @@ from precise import (
     DEFAULT_MAX_DENOMINATOR,
     InfoBuffer,
     Rational,
-    div_kernel,
+    group_div_kernel,
+    group_mul_kernel,
     in_range,
     max_abs_value,
-    mul_kernel,
     rationalize,
     to_fixed,
     to_fixed_unchecked,
@@ -155,6 +156,22 @@ def _schedule(x: tf.Tensor | np.ndarray, name: str, k: int) -> np.ndarray:
     return arr
 
 
+def _shift_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
+    """Per-buffer spill shifts for a step where some buffer spills (zeros for the others)."""
+    return [
+        tf.constant(np.zeros(b.group, np.int64) if p is None else p, tf.int64)
+        for p, b in zip(plans, buffers, strict=True)
+    ]
+
+
+def _word_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
+    """Per-buffer words to put back in a reverse step (zeros where nothing was moved)."""
+    return [
+        tf.zeros([b.group, b.registers], tf.int64) if lo is None else lo
+        for (_, lo), b in zip(plans, buffers, strict=True)
+    ]
+
+
 def _rows(x: np.ndarray) -> list[tf.Tensor]:
     """The rows of a ``[T, K]`` schedule as ``T`` tensors, converted in one go."""
     return tf.unstack(tf.constant(x)) if x.shape[0] else []
@@ -199,13 +216,23 @@ class _Stepper:
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
 
-    def _exact_update(self, w_ints, v_ints, regs, grads, alpha, omg, n, d):
-        """v ← γ v − (1−γ) g ; w ← w + α v on the exact state; returns an ok flag too."""
+    def _exact_update(self, w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts=None):
+        """v ← γ v − (1−γ) g ; w ← w + α v on the exact state; returns an ok flag too.
+
+        With ``shifts`` (one ``[G]`` tensor per weight tensor) the words the buffers move out
+        this step are returned as a fifth output.
+        """
         fb = self.frac_bits
         ok = tf.constant(True)
-        new_w, new_v, new_regs = [], [], []
+        new_w, new_v, new_regs, lo = [], [], [], []
         for i in range(self.k):
-            v, reg = mul_kernel(v_ints[i], regs[i], n[i], d[i])  # v ← γ v (bits kept)
+            if shifts is None:  # v ← γ v (bits kept)
+                v, reg = group_mul_kernel(v_ints[i], regs[i], n[i], d[i], groups[i])
+            else:
+                v, reg, lo_i = group_mul_kernel(
+                    v_ints[i], regs[i], n[i], d[i], groups[i], shifts[i]
+                )
+                lo.append(lo_i)
             gq, ok_g = to_fixed_unchecked(omg[i] * tf.cast(grads[i], tf.float64), fb)
             v = v - gq  # v ← v − (1−γ) g
             step, ok_s = to_fixed_unchecked(alpha[i] * to_float(v, fb), fb)
@@ -214,19 +241,19 @@ class _Stepper:
             new_w.append(wn)
             new_v.append(v)
             new_regs.append(reg)
-        return new_w, new_v, new_regs, ok
+        return (new_w, new_v, new_regs, ok) + (() if shifts is None else (lo,))
 
-    def _forward(self, w_ints, v_ints, regs, alpha, omg, n, d, theta, t):
-        """One exact step: returns new (w, v, registers), an ok flag and the loss."""
+    def _forward(self, w_ints, v_ints, regs, alpha, omg, n, d, theta, t, groups, shifts=None):
+        """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out]."""
         w = self._weights(w_ints)
         theta = [tf.cast(x, self.dtype) for x in theta]
         with tf.GradientTape() as tape:
             tape.watch(w)
             loss = self.train_loss(w, theta, t)
         grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        new_w, new_v, new_regs, ok = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d)
-        ok = ok & tf.math.is_finite(tf.cast(loss, tf.float64))
-        return new_w, new_v, new_regs, ok, loss
+        out = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts)
+        ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
+        return (out[0], out[1], out[2], ok, loss) + tuple(out[4:])
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -240,14 +267,25 @@ class _Stepper:
             new_dv.append(dv[i] + alpha[i] * dw[i])
         return prev_w, new_dv, tf.stack(d_alpha)
 
-    def _undo_velocity(self, v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma):
+    def _undo_velocity(
+        self, v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma, groups, shifts=None, lo=None
+    ):
         """v ← (v + (1−γ) g)/γ (exact) ; dγ = dv·(v + g) ; dw ← dw − H u ; dv ← γ dv."""
         fb = self.frac_bits
         prev_v, new_regs, d_gamma, new_dw, new_dv = [], [], [], [], []
         for i in range(self.k):
             g64 = tf.cast(grads[i], tf.float64)
             gq, _ = to_fixed_unchecked(omg[i] * g64, fb)
-            v, reg = div_kernel(v_ints[i] + gq, regs[i], n[i], d[i])  # undo v ← γv − (1−γ)g
+            # undo v ← γv − (1−γ)g, putting back the words moved out in the forward step
+            v, reg = group_div_kernel(
+                v_ints[i] + gq,
+                regs[i],
+                n[i],
+                d[i],
+                groups[i],
+                None if shifts is None else shifts[i],
+                None if lo is None else lo[i],
+            )
             prev_v.append(v)
             new_regs.append(reg)
             d_gamma.append(tf.reduce_sum(dv[i] * (to_float(v, fb) + g64)))
@@ -255,7 +293,25 @@ class _Stepper:
             new_dv.append(gamma[i] * dv[i])
         return prev_v, new_regs, new_dw, new_dv, tf.stack(d_gamma)
 
-    def _reverse(self, w_ints, v_ints, regs, dw, dv, dtheta, alpha, omg, n, d, gamma, theta, t):
+    def _reverse(
+        self,
+        w_ints,
+        v_ints,
+        regs,
+        dw,
+        dv,
+        dtheta,
+        alpha,
+        omg,
+        n,
+        d,
+        gamma,
+        theta,
+        t,
+        groups,
+        shifts=None,
+        lo=None,
+    ):
         """One exact reverse step with adjoint accumulation (see the module docstring)."""
         prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
         u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
@@ -264,7 +320,7 @@ class _Stepper:
             lambda w_, th_: self.train_loss(w_, th_, t), self._weights(prev_w), theta_c, u
         )
         prev_v, new_regs, new_dw, new_dv, d_gamma = self._undo_vel(
-            v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma
+            v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma, groups, shifts, lo
         )
         new_dtheta = [dtheta[j] - tf.cast(mixed[j], tf.float64) for j in range(len(dtheta))]
         return prev_w, prev_v, new_regs, new_dw, new_dv, new_dtheta, d_alpha, d_gamma
@@ -359,10 +415,11 @@ def hypergradient(
     d_rows = _rows(d_all)
     gamma_rows = _rows(gamma_applied)
     t_rows = tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else []
-    forward = None
+    groups = tuple(b.group for b in buffers)
+    forward: dict[bool, Any] = {}
     for t in range(n_steps):
-        for i, b in enumerate(buffers):
-            b.before_mul(rats[t][i])
+        plans = [b.before_mul(rats[t][i]) for i, b in enumerate(buffers)]
+        spill = any(p is not None for p in plans)
         args = (
             w_ints,
             v_ints,
@@ -373,9 +430,16 @@ def hypergradient(
             d_rows[t],
             theta,
             t_rows[t],
+            groups,
+            _shift_tensors(plans, buffers) if spill else None,
         )
-        forward = forward or st.forward.get_concrete_function(*args)
-        w_ints, v_ints, regs, ok, loss = forward(*args)
+        if spill not in forward:
+            forward[spill] = st.forward.get_concrete_function(*args)
+        w_ints, v_ints, regs, ok, loss, *moved = forward[spill](*args)
+        if spill:
+            for b, p, lo in zip(buffers, plans, moved[0], strict=True):
+                if p is not None:
+                    b.after_mul(lo.numpy())
         for b, r in zip(buffers, regs, strict=True):
             b.register = r
         losses.append(loss)
@@ -409,8 +473,10 @@ def hypergradient(
         b.restore()
     d_alpha = np.zeros_like(alpha_np)
     d_gamma = np.zeros_like(gamma_np)
-    reverse = None
+    reverse: dict[bool, Any] = {}
     for t in reversed(range(n_steps)):
+        plans = [b.before_div(rats[t][i]) for i, b in enumerate(buffers)]
+        spill = any(p[0] is not None for p in plans)
         args = (
             w_ints,
             v_ints,
@@ -425,12 +491,15 @@ def hypergradient(
             gamma_rows[t],
             theta,
             t_rows[t],
+            groups,
+            _shift_tensors([p[0] for p in plans], buffers) if spill else None,
+            _word_tensors(plans, buffers) if spill else None,
         )
-        reverse = reverse or st.reverse.get_concrete_function(*args)
-        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = reverse(*args)
-        for i, b in enumerate(buffers):
-            b.register = regs[i]
-            b.after_div(rats[t][i])
+        if spill not in reverse:
+            reverse[spill] = st.reverse.get_concrete_function(*args)
+        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = reverse[spill](*args)
+        for b, r in zip(buffers, regs, strict=True):
+            b.register = r
         d_alpha[t] = da.numpy()
         d_gamma[t] = dg.numpy()
         if callback:

@@ -11,7 +11,16 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from precise.array import FixedArray
-from precise.buffer import CHUNK_BITS, InfoBuffer, div_kernel, mul_kernel
+from precise.buffer import (
+    CHUNK_BITS,
+    DEFAULT_GROUP,
+    InfoBuffer,
+    div_kernel,
+    group_div_kernel,
+    group_layout,
+    group_mul_kernel,
+    mul_kernel,
+)
 from precise.fixed import (
     DEFAULT_FRAC_BITS,
     MAGNITUDE_LIMIT,
@@ -26,6 +35,7 @@ from precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
 
 __all__ = [
     "CHUNK_BITS",
+    "DEFAULT_GROUP",
     "DEFAULT_FRAC_BITS",
     "DEFAULT_MAX_DENOMINATOR",
     "MAGNITUDE_LIMIT",
@@ -34,6 +44,9 @@ __all__ = [
     "InfoBuffer",
     "Rational",
     "div_kernel",
+    "group_div_kernel",
+    "group_layout",
+    "group_mul_kernel",
     "in_range",
     "max_abs_value",
     "mul_kernel",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from precise.buffer import InfoBuffer, div_kernel, mul_kernel
+from precise.buffer import DEFAULT_GROUP, InfoBuffer, group_div_kernel, group_mul_kernel
 from precise.fixed import (
     DEFAULT_FRAC_BITS,
     FixedPointOverflowError,
@@ -19,8 +19,8 @@ from precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
 
 # XLA fuses the ~30 elementwise integer ops of a kernel into one pass over memory; integer
 # results are exact, so compiling cannot change a single bit.
-_mul = tf.function(mul_kernel, jit_compile=True, reduce_retracing=True)
-_div = tf.function(div_kernel, jit_compile=True, reduce_retracing=True)
+_mul = tf.function(group_mul_kernel, jit_compile=True, reduce_retracing=True)
+_div = tf.function(group_div_kernel, jit_compile=True, reduce_retracing=True)
 _add = tf.function(lambda a, b: (a + b, in_range(a + b)), reduce_retracing=True)
 _sub = tf.function(lambda a, b: (a - b, in_range(a - b)), reduce_retracing=True)
 
@@ -36,6 +36,7 @@ class FixedArray:
         values: the initial reals (any float tensor or array).
         frac_bits: fractional bits of the fixed-point representation (default 52).
         max_denominator: largest denominator of the rationals used by :meth:`mul`.
+        group: elements per buffer register (see :mod:`precise.buffer`).
     """
 
     def __init__(
@@ -43,11 +44,12 @@ class FixedArray:
         values: tf.Tensor | np.ndarray,
         frac_bits: int = DEFAULT_FRAC_BITS,
         max_denominator: int = DEFAULT_MAX_DENOMINATOR,
+        group: int = DEFAULT_GROUP,
     ) -> None:
         self.frac_bits = check_frac_bits(frac_bits)
         self.max_denominator = int(max_denominator)
         self.ints = to_fixed(tf.convert_to_tensor(values), self.frac_bits, what="values")
-        self.buffer = InfoBuffer(self.ints.shape)
+        self.buffer = InfoBuffer(self.ints.shape, group)
 
     @classmethod
     def from_ints(cls, ints: tf.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> FixedArray:
@@ -103,13 +105,16 @@ class FixedArray:
         rat = self.rational(rate)
         if rat.n == rat.d:
             return rat
-        self.buffer.before_mul(rat)
-        self.ints, self.buffer.register = _mul(
-            self.ints,
-            self.buffer.register,
-            tf.constant(rat.n, tf.int64),
-            tf.constant(rat.d, tf.int64),
-        )
+        n, d = tf.constant(rat.n, tf.int64), tf.constant(rat.d, tf.int64)
+        shifts = self.buffer.before_mul(rat)
+        g = self.buffer.group
+        if shifts is None:
+            self.ints, self.buffer.register = _mul(self.ints, self.buffer.register, n, d, g)
+        else:
+            self.ints, self.buffer.register, lo = _mul(
+                self.ints, self.buffer.register, n, d, g, tf.constant(shifts)
+            )
+            self.buffer.after_mul(lo.numpy())
         return rat
 
     def div(self, rate: float | Rational) -> Rational:
@@ -119,12 +124,12 @@ class FixedArray:
             return rat
         if self.buffer.n_ops == 0:
             raise RuntimeError("FixedArray.div: no multiplication left to undo (buffer is empty)")
-        ints, self.buffer.register = _div(
-            self.ints,
-            self.buffer.register,
-            tf.constant(rat.n, tf.int64),
-            tf.constant(rat.d, tf.int64),
-        )
-        self.buffer.after_div(rat)
+        shifts, lo = self.buffer.before_div(rat)
+        n, d = tf.constant(rat.n, tf.int64), tf.constant(rat.d, tf.int64)
+        g = self.buffer.group
+        if shifts is None:
+            ints, self.buffer.register = _div(self.ints, self.buffer.register, n, d, g)
+        else:
+            ints, self.buffer.register = _div(self.ints, self.buffer.register, n, d, g, shifts, lo)
         self._checked((ints, in_range(ints)), "div")
         return rat

@@ -1,23 +1,32 @@
 """A vectorised, lossless information buffer for exact multiplication by rates ``n/d``.
 
 Multiplying a fixed-point integer by ``n/d < 1`` destroys about ``log2(d/n)`` bits. We keep
-them, per element, in an arithmetic-coding register ``reg`` (an int64 tensor, ``reg >= 0``):
+them in arithmetic-coding registers ``reg`` (int64, ``reg >= 0``):
 
 * forward (:func:`mul_kernel`): pop ``s = reg mod n``; with ``y = x*n + s`` set
   ``x <- y // d`` and push ``y mod d`` (``reg <- reg*d + y mod d``);
 * reverse (:func:`div_kernel`): pop ``r = reg mod d``; with ``y = x*d + r`` set
   ``x <- y // n`` and push ``y mod n``. Each line undoes its forward twin exactly.
 
-Both maps are bijections on the integers, so exactness never depends on the data. What does
-depend on bounds is whether ``reg`` fits 63 bits; because every element sees the same ``n, d``
-the buffer keeps one *shared* upper bound ``U`` (``reg < U`` for every element) as a Python int,
-known without reading any data. When the next push could exceed ``2**63`` the low 8 bits of
-every register are moved to host memory as a ``uint8`` array, all elements in lockstep, and
-restored in reverse order. At the end of a forward pass :meth:`InfoBuffer.flush` moves the
-register out too, so what is held between the passes is ``8 * chunks`` bits per element
-(``8 * ceil(log2(U) / 8)`` in all); the information bound is ``sum log2(d/n)``. The bound is a
-worst case over the data, so it exceeds the information bound by the rounding of the first
-few steps (about ``log2(d)`` bits) and by at most 8 bits of padding in the last word.
+Both maps are bijections on the integers, so exactness never depends on the data.
+
+**Groups.** A register that serves one element wastes about ``log2(d·n/(d−n))`` bits on
+start-up (its bound grows by up to ``d`` per push while it is small: 13 bits at ``γ = 0.99``,
+where a step carries only 0.0145 bits). So one register serves a *group* of ``G`` elements
+(default 16): the tensor is flattened, zero-padded to ``G·M`` and cut into ``G`` rows of
+``M``; a multiplication runs :func:`mul_kernel` on row 0, 1, …, G−1 in turn against the same
+``M`` registers (:func:`group_mul_kernel`), and the reverse runs the rows backwards. Start-up
+and word padding are then shared by ``G`` elements.
+
+**Bounds and words.** Every element sees the same ``n, d``, so the buffer keeps one *shared*
+upper bound ``U`` (``reg < U`` for every register) as a Python int, known without reading any
+data. Before a row's push could exceed ``2**62``, the low ``8k`` bits of every register are
+moved out (leaving 8 to 16 bits of ``U``): the host plans the shifts, the compiled kernel cuts
+the bits (``lo``), and the host stores them as ``k`` bytes per register (``uint8`` arrays in
+host memory, so a GPU run keeps device memory flat); the reverse kernel puts them back. At the
+end of a forward pass :meth:`InfoBuffer.flush` moves the registers out too. The information
+bound is ``sum log2(d/n)`` per element; what is held exceeds it by the start-up and the
+padding of the last word, both divided by ``G``.
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ import tensorflow as tf
 
 from precise.rational import Rational
 
-CHUNK_BITS = 8
-_CHUNK_MASK = (1 << CHUNK_BITS) - 1
+CHUNK_BITS = 8  # words move out in whole bytes
+DEFAULT_GROUP = 16  # elements per register
 REGISTER_LIMIT = 2**62  # reg values stay <= REGISTER_LIMIT - 1 (a bit of headroom for divmod)
+_KEEP_BITS = 8  # a spill leaves 8 to 16 bits of bound in the register
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -87,92 +97,181 @@ def div_kernel(
     return q * d + tq, reg * n + tr  # undo the pop of s = y mod n
 
 
-def spill_kernel(reg: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Move the low 8 bits of every register out: returns ``(reg >> 8, low bits as uint8)``."""
-    chunk = tf.cast(tf.bitwise.bitwise_and(reg, tf.constant(_CHUNK_MASK, tf.int64)), tf.uint8)
-    return tf.bitwise.right_shift(reg, tf.constant(CHUNK_BITS, tf.int64)), chunk
+def group_layout(num_elements: int, group: int = DEFAULT_GROUP) -> tuple[int, int]:
+    """``(G, M)``: rows and registers for ``num_elements`` elements, ``G <= group``.
+
+    ``M = ceil(num_elements / group)`` registers; ``G = ceil(num_elements / M)`` rows, so no row
+    is all padding.
+    """
+    if group < 1:
+        raise ValueError(f"`group` must be at least 1. Received: group={group}")
+    if num_elements <= 0:
+        return 1, 0
+    m = _ceil_div(num_elements, group)
+    return _ceil_div(num_elements, m), m
 
 
-def unspill_kernel(reg: tf.Tensor, chunk: tf.Tensor) -> tf.Tensor:
-    """Undo :func:`spill_kernel`: ``(reg << 8) | chunk``."""
-    shifted = tf.bitwise.left_shift(reg, tf.constant(CHUNK_BITS, tf.int64))
-    return tf.bitwise.bitwise_or(shifted, tf.cast(chunk, tf.int64))
+def _rows(x: tf.Tensor, g: int, m: tf.Tensor) -> list[tf.Tensor]:
+    flat = tf.reshape(x, [-1])
+    flat = tf.pad(flat, [[0, g * m - tf.size(flat, tf.int64)]])
+    return tf.unstack(tf.reshape(flat, [g, m]), num=g)
 
 
-_spill = tf.function(spill_kernel, reduce_retracing=True)
-_unspill = tf.function(unspill_kernel, reduce_retracing=True)
+def _unrows(rows: list[tf.Tensor], like: tf.Tensor) -> tf.Tensor:
+    flat = tf.reshape(tf.stack(rows), [-1])[: tf.size(like)]
+    return tf.reshape(flat, tf.shape(like))
+
+
+def group_mul_kernel(
+    x: tf.Tensor,
+    reg: tf.Tensor,
+    n: tf.Tensor,
+    d: tf.Tensor,
+    g: int,
+    shifts: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, ...]:
+    """Exact ``x <- x * n/d`` with ``g`` rows of ``x`` sharing the registers ``reg`` ``[M]``.
+
+    Row ``j`` (elements ``j*M .. j*M+M-1`` of the flattened, zero-padded ``x``) is multiplied
+    by :func:`mul_kernel` after row ``j - 1``. With ``shifts`` (``[g]`` int64, multiples of 8),
+    the low ``shifts[j]`` bits of every register are cut out before row ``j`` and returned as
+    ``lo`` ``[g, M]``: the result is then ``(x, reg, lo)``, else ``(x, reg)``. Padding stays
+    zero (``s < n <= d``), so nothing is lost by dropping it.
+    """
+    rows = _rows(x, g, tf.size(reg, tf.int64))
+    one = tf.constant(1, tf.int64)
+    lo = []
+    for j in range(g):
+        if shifts is not None:
+            s = shifts[j]
+            lo.append(tf.bitwise.bitwise_and(reg, tf.bitwise.left_shift(one, s) - one))
+            reg = tf.bitwise.right_shift(reg, s)
+        rows[j], reg = mul_kernel(rows[j], reg, n, d)
+    out = _unrows(rows, x)
+    return (out, reg) if shifts is None else (out, reg, tf.stack(lo))
+
+
+def group_div_kernel(
+    x: tf.Tensor,
+    reg: tf.Tensor,
+    n: tf.Tensor,
+    d: tf.Tensor,
+    g: int,
+    shifts: tf.Tensor | None = None,
+    lo: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exact inverse of :func:`group_mul_kernel` (pass back its ``shifts`` and ``lo``)."""
+    rows = _rows(x, g, tf.size(reg, tf.int64))
+    for j in reversed(range(g)):
+        rows[j], reg = div_kernel(rows[j], reg, n, d)
+        if shifts is not None:
+            reg = tf.bitwise.bitwise_or(tf.bitwise.left_shift(reg, shifts[j]), lo[j])
+    return _unrows(rows, x), reg
+
+
+def _to_bytes(values: np.ndarray, nbytes: int) -> np.ndarray:
+    """The low ``nbytes`` bytes of non-negative int64 values, as ``uint8`` ``[M, nbytes]``."""
+    return values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :nbytes].copy()
+
+
+def _from_bytes(words: np.ndarray) -> np.ndarray:
+    """Undo :func:`_to_bytes`."""
+    full = np.zeros((words.shape[0], 8), np.uint8)
+    full[:, : words.shape[1]] = words
+    return full.view("<u8").reshape(-1).astype(np.int64)
+
+
+def _bytes_for(bound: int) -> int:
+    """Bytes that hold any value below ``bound``."""
+    return _ceil_div((bound - 1).bit_length(), CHUNK_BITS)
 
 
 class InfoBuffer:
-    """Per-element registers with one shared bound, plus spilled 8-bit words in host memory.
+    """Registers shared by groups of elements, with one shared bound, plus words in host memory.
 
-    The register tensor is advanced by :func:`mul_kernel` / :func:`div_kernel`, usually inside
-    the caller's compiled step; this object does the host-side planning around each of them:
-    :meth:`before_mul` spills full words and records the bound, :meth:`after_div` restores
-    them. The invariant is ``0 <= register < bound`` elementwise.
+    The registers are advanced by :func:`group_mul_kernel` / :func:`group_div_kernel`, usually
+    inside the caller's compiled step; this object does the host-side planning around them:
+
+    * forward: ``shifts = buf.before_mul(rat)``; run the kernel (with ``shifts`` when not
+      None); ``buf.register = reg``; ``buf.after_mul(lo)`` when ``shifts`` was not None;
+    * reverse: ``shifts, lo = buf.before_div(rat)``; run the inverse kernel with them;
+      ``buf.register = reg``.
+
+    The invariant is ``0 <= register < bound`` elementwise.
+
+    Args:
+        shape: shape of the tensor whose multiplications are recorded.
+        group: elements per register (1 = one register per element).
     """
 
-    def __init__(self, shape: tf.TensorShape | tuple[int, ...]) -> None:
+    def __init__(self, shape: tf.TensorShape | tuple[int, ...], group: int = DEFAULT_GROUP) -> None:
         self.shape = tf.TensorShape(shape)
-        self.register: tf.Tensor | None = tf.zeros(self.shape, tf.int64)
+        self.num_elements = int(self.shape.num_elements())
+        self.group, self.registers = group_layout(self.num_elements, group)
+        self.register: tf.Tensor | None = tf.zeros([self.registers], tf.int64)
         self.bound = 1
-        self._history: list[int] = []  # bound before each mul, popped by the matching div
-        self._chunks: list[np.ndarray] = []
-        self._flushed: list[int] = []  # the bound before each flush(), popped by restore()
-        self.info_bits = 0.0  # information bound: sum of log2(d/n) over live multiplications
+        # per live multiplication: the bound before it and its shifts (None: no spill)
+        self._history: list[tuple[int, np.ndarray | None]] = []
+        self._words: list[np.ndarray] = []  # uint8 [M, k] arrays, in the order cut
+        self._flushed: list[tuple[int, np.ndarray]] = []  # (bound, words) per flush()
+        self.info_bits = 0.0  # information bound per element: sum of log2(d/n)
 
-    @staticmethod
-    def _spills_needed(bound: int, rat: Rational) -> list[int]:
-        """Bounds after each spill needed before a mul by ``rat`` starting at ``bound``."""
-        out = []
-        while _ceil_div(bound, rat.n) * rat.d > REGISTER_LIMIT:
-            bound = _ceil_div(bound, 1 << CHUNK_BITS)
-            out.append(bound)
-        return out
+    def plan(self, bound: int, rat: Rational) -> tuple[int, np.ndarray | None]:
+        """Bound after a multiplication by ``rat`` from ``bound``, and the spill shifts."""
+        shifts = np.zeros(self.group, np.int64)
+        for j in range(self.group):
+            if _ceil_div(bound, rat.n) * rat.d > REGISTER_LIMIT:
+                k = 1
+                while _ceil_div(bound, 1 << (CHUNK_BITS * (k + 1))) >= 1 << _KEEP_BITS:
+                    k += 1
+                shifts[j] = CHUNK_BITS * k
+                bound = _ceil_div(bound, 1 << (CHUNK_BITS * k))
+            bound = _ceil_div(bound, rat.n) * rat.d
+        return bound, (shifts if shifts.any() else None)
 
-    def before_mul(self, rat: Rational) -> None:
-        """Plan a multiplication by ``rat``: spill words as needed; the kernel runs next."""
-        self._history.append(self.bound)
-        for new_bound in self._spills_needed(self.bound, rat):
-            self.register, chunk = _spill(self.register)
-            self._chunks.append(chunk.numpy())  # host memory
-            self.bound = new_bound
-        self.bound = _ceil_div(self.bound, rat.n) * rat.d
+    def before_mul(self, rat: Rational) -> np.ndarray | None:
+        """Plan a multiplication by ``rat``; returns the shifts for the kernel (None: no spill)."""
+        new_bound, shifts = self.plan(self.bound, rat)
+        self._history.append((self.bound, shifts))
+        self.bound = new_bound
         self.info_bits += rat.info_bits
+        return shifts
 
-    def after_div(self, rat: Rational) -> None:
-        """Finish the inverse of the last multiplication (its kernel has just run)."""
+    def after_mul(self, lo: tf.Tensor | np.ndarray) -> None:
+        """Store the words the kernel cut (its ``lo``) in host memory."""
+        shifts = self._history[-1][1]
+        lo = np.asarray(lo)
+        for j in np.flatnonzero(shifts):
+            self._words.append(_to_bytes(lo[j], int(shifts[j]) // CHUNK_BITS))
+
+    def before_div(self, rat: Rational) -> tuple[tf.Tensor | None, tf.Tensor | None]:
+        """Plan undoing the last multiplication: ``(shifts, lo)`` for the inverse kernel."""
         if not self._history:
             raise RuntimeError("InfoBuffer: div without a matching mul (buffer is empty)")
-        bound = self._history.pop()
-        for _ in self._spills_needed(bound, rat):
-            self.register = _unspill(self.register, tf.constant(self._chunks.pop()))
+        bound, shifts = self._history.pop()
         self.bound = bound
         self.info_bits -= rat.info_bits
+        if shifts is None:
+            return None, None
+        lo = np.zeros((self.group, self.registers), np.int64)
+        for j in reversed(np.flatnonzero(shifts)):
+            lo[j] = _from_bytes(self._words.pop())
+        return tf.constant(shifts), tf.constant(lo)
 
     def flush(self) -> None:
-        """Move the whole register to host memory (until ``bound == 1``); see :meth:`restore`.
+        """Move the registers to host memory; see :meth:`restore`.
 
         Between a forward and a reverse pass the device then holds nothing for the buffer.
         """
-        self._flushed.append(self.bound)
-        while self.bound > 1:
-            self.register, chunk = _spill(self.register)
-            self._chunks.append(chunk.numpy())
-            self.bound = _ceil_div(self.bound, 1 << CHUNK_BITS)
-        self.register = None  # all zeros now: free it
+        words = _to_bytes(self.register.numpy(), _bytes_for(self.bound))
+        self._flushed.append((self.bound, words))
+        self.register = None
+        self.bound = 1
 
     def restore(self) -> None:
-        """Undo the last :meth:`flush`: the register and its bound come back exactly."""
-        bound = self._flushed.pop()
-        count, b = 0, bound
-        while b > 1:
-            b = _ceil_div(b, 1 << CHUNK_BITS)
-            count += 1
-        self.register = tf.zeros(self.shape, tf.int64)
-        for _ in range(count):
-            self.register = _unspill(self.register, tf.constant(self._chunks.pop()))
-        self.bound = bound
+        """Undo the last :meth:`flush`: the registers and their bound come back exactly."""
+        self.bound, words = self._flushed.pop()
+        self.register = tf.constant(_from_bytes(words))
 
     @property
     def n_ops(self) -> int:
@@ -180,28 +279,34 @@ class InfoBuffer:
         return len(self._history)
 
     @property
-    def n_chunks(self) -> int:
-        """8-bit words spilled to host memory, per element."""
-        return len(self._chunks)
+    def n_words(self) -> int:
+        """Word arrays held in host memory (each ``[M, k]`` bytes)."""
+        return len(self._words) + len(self._flushed)
 
-    def bits_held(self) -> int:
-        """Bits of memory held per element: spilled words plus the live 64-bit register."""
-        return CHUNK_BITS * len(self._chunks) + (64 if self.register is not None else 0)
+    def _host_bytes_per_register(self) -> int:
+        return sum(w.shape[1] for w in self._words) + sum(w.shape[1] for _, w in self._flushed)
+
+    def bits_held(self) -> float:
+        """Bits of memory held per element: host words plus the live 64-bit registers."""
+        live = 64 if self.register is not None else 0
+        per_register = CHUNK_BITS * self._host_bytes_per_register() + live
+        return per_register * self.registers / max(self.num_elements, 1)
 
     def bits_in_use(self) -> float:
-        """Bits of capacity in use per element: spilled words plus ``log2(bound)``."""
-        return CHUNK_BITS * len(self._chunks) + math.log2(self.bound)
+        """Bits of capacity in use per element: host words plus ``log2(bound)``."""
+        per_register = CHUNK_BITS * self._host_bytes_per_register() + math.log2(self.bound)
+        return per_register * self.registers / max(self.num_elements, 1)
 
     def nbytes(self) -> int:
-        """Bytes of memory held in total (host words plus the device register)."""
-        words = sum(c.nbytes for c in self._chunks)
-        return words + (self.shape.num_elements() * 8 if self.register is not None else 0)
+        """Bytes of memory held in total (host words plus the device registers)."""
+        words = sum(w.nbytes for w in self._words) + sum(w.nbytes for _, w in self._flushed)
+        return words + (self.registers * 8 if self.register is not None else 0)
 
     def is_empty(self) -> bool:
         """True when every recorded multiplication has been undone and the registers are 0."""
         return (
             not self._history
-            and not self._chunks
+            and not self._words
             and not self._flushed
             and self.bound == 1
             and self.register is not None

@@ -41,9 +41,9 @@ def _fmt_eta(s: float | None) -> str:
 class Progress:
     """One status line (rewritten in place on a terminal, one line per meta-iteration else)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # the current one
+        self.tty = self.stream.isatty()
         self.meta: dict[str, Any] = {}
         self.total = 0
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from precise import (
     FixedArray,
     FixedPointOverflowError,
-    InfoBuffer,
     Rational,
     div_kernel,
+    group_layout,
     mul_kernel,
     rationalize,
     to_fixed,
@@ -33,11 +33,17 @@ shapes = st.lists(st.integers(1, 7), min_size=0, max_size=3).map(tuple)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes, seq=ops, seed=st.integers(0, 2**31 - 1), maxden=st.sampled_from([16, 2**16]))
-def test_random_op_sequences_reverse_exactly(shape, seq, seed, maxden):
+@given(
+    shape=shapes,
+    seq=ops,
+    seed=st.integers(0, 2**31 - 1),
+    maxden=st.sampled_from([16, 2**16]),
+    group=st.sampled_from([1, 3, 16]),
+)
+def test_random_op_sequences_reverse_exactly(shape, seq, seed, maxden, group):
     rng = np.random.default_rng(seed)
     x0 = rng.normal(scale=10.0, size=shape)
-    a = FixedArray(x0, max_denominator=maxden)
+    a = FixedArray(x0, max_denominator=maxden, group=group)
     start = a.ints.numpy().copy()
     applied = []
     for op, arg in seq:
@@ -87,13 +93,42 @@ def test_one_hand_computed_multiplication():
 
 
 def test_spills_words_to_host_and_restores_them():
-    buf = InfoBuffer((3,))
-    reg = tf.constant([5, 0, 9], tf.int64)
-    buf.register, buf.bound = reg, 2**62
-    rat = Rational(1, 4)
-    buf.before_mul(rat)  # 2**62 * 4 > 2**63: must spill at least one word
-    assert buf.n_chunks >= 1
-    assert buf.bound <= 2**63
+    # 40 elements, 16 per register: 3 registers, 14 rows. A rate of 1/65535 destroys 16 bits
+    # per element, so every step moves words out between rows, inside the kernel.
+    a = FixedArray(np.linspace(-3.0, 3.0, 40))
+    assert (a.buffer.group, a.buffer.registers) == (14, 3)
+    start = a.ints.numpy().copy()
+    rate = Rational(1, 65535)
+    for _ in range(12):
+        a.mul(rate)
+    assert a.buffer.n_words >= 12 * 14 * 16 // 56  # at most 56 bits per word array
+    assert a.buffer.bound <= 2**62
+    info = a.buffer.info_bits
+    assert info == pytest.approx(12 * math.log2(65535))
+    assert a.buffer.bits_in_use() <= 1.01 * info * (14 * 3) / 40  # padding rows count too
+    for _ in range(12):
+        a.div(rate)
+    np.testing.assert_array_equal(a.ints.numpy(), start)
+    assert a.buffer.is_empty()
+
+
+def test_group_layout():
+    assert group_layout(100_000, 16) == (16, 6250)
+    assert group_layout(10, 16) == (10, 1)
+    assert group_layout(40, 16) == (14, 3)
+    assert group_layout(7, 1) == (1, 7)
+    with pytest.raises(ValueError, match="group"):
+        group_layout(5, 0)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])
+def test_memory_held_is_within_ten_percent_of_the_information_bound(rate):
+    a = FixedArray(np.random.default_rng(3).normal(size=4096))
+    for _ in range(1000):
+        a.mul(rate)
+    a.buffer.flush()
+    assert a.buffer.bits_held() <= 1.10 * a.buffer.info_bits
+    a.buffer.restore()
 
 
 def test_rationalize_exposes_applied_value():
@@ -147,10 +182,13 @@ def test_flush_moves_the_register_out_and_restore_brings_it_back():
         a.mul(0.9)
     reg = a.buffer.register.numpy().copy()
     bound = a.buffer.bound
+    scale = a.buffer.registers / 50  # per register -> per element
+    before = a.buffer.bits_held()  # host words + the live 64-bit registers
     a.buffer.flush()
     assert a.buffer.register is None and a.buffer.bound == 1
-    # only whole host words remain: 8 * ceil(log2(bound) / 8) bits per element
-    assert a.buffer.bits_held() == 8 * math.ceil(math.log2(bound) / 8)
+    # the live registers became whole host words: 8 * ceil(log2(bound) / 8) bits per register
+    flushed = 8 * math.ceil(math.log2(bound) / 8)
+    assert a.buffer.bits_held() == pytest.approx(before + (flushed - 64) * scale)
     a.buffer.restore()
     np.testing.assert_array_equal(a.buffer.register.numpy(), reg)
     for _ in range(100):

@@ -55,7 +55,8 @@ def tiny_spec(**over):
         "meta": {"iterations": 4, "step_size": 0.1, "eval_seeds": 2},
     }
     for key, val in over.items():
-        doc[key] = {**doc.get(key, {}), **val} if isinstance(val, dict) else val
+        merge = isinstance(val, dict) and key != "net"  # a net config replaces the default
+        doc[key] = {**doc.get(key, {}), **val} if merge else val
     return load_spec(doc)
 
 

@@ -87,7 +87,12 @@ def test_fail_cancel_handback_and_cli(db_url, server_factory, tmp_path):
         spec_file = tmp_path / "job.yaml"
         import yaml
 
-        spec_file.write_text(yaml.safe_dump(tiny_spec(iterations=3, eval_seeds=0)))
+        # Long enough meta-iterations (T = 1000) that the signal lands before the job ends.
+        slow = {
+            **tiny_spec(iterations=3, eval_seeds=0),
+            "training": {"steps": 1000, "batch_size": 20},
+        }
+        spec_file.write_text(yaml.safe_dump(slow))
         out = _cli(srv, "submit", str(spec_file))
         assert out.returncode == 0, out.stderr
         jid = out.stdout.strip().splitlines()[-1]
