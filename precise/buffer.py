@@ -111,15 +111,44 @@ def group_layout(num_elements: int, group: int = DEFAULT_GROUP) -> tuple[int, in
     return _ceil_div(num_elements, m), m
 
 
-def _rows(x: tf.Tensor, g: int, m: tf.Tensor) -> list[tf.Tensor]:
+def _row_matrix(x: tf.Tensor, g: int, m: tf.Tensor) -> tf.Tensor:
+    """``x`` flattened, zero-padded to ``g*m`` and reshaped to ``[g, m]``."""
     flat = tf.reshape(x, [-1])
     flat = tf.pad(flat, [[0, g * m - tf.size(flat, tf.int64)]])
-    return tf.unstack(tf.reshape(flat, [g, m]), num=g)
+    return tf.reshape(flat, tf.stack([tf.constant(g, tf.int64), m]))
 
 
-def _unrows(rows: list[tf.Tensor], like: tf.Tensor) -> tf.Tensor:
-    flat = tf.reshape(tf.stack(rows), [-1])[: tf.size(like)]
-    return tf.reshape(flat, tf.shape(like))
+def _unrows(mat: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(tf.reshape(mat, [-1])[: tf.size(like)], tf.shape(like))
+
+
+def _over_rows(step, x: tf.Tensor, reg: tf.Tensor, g: int, extras, reverse: bool, cut: bool):
+    """Run ``step(row, reg, extra_j) -> (row, reg, lo_row)`` over the rows of ``x`` in order.
+
+    A graph loop (not unrolled in Python), so the compiled step stays small whatever ``g``.
+    """
+    m = tf.size(reg, tf.int64)
+    mat = _row_matrix(x, g, m)
+    rows_in = tf.TensorArray(tf.int64, size=g, element_shape=[None]).unstack(mat)
+    rows_out = tf.TensorArray(tf.int64, size=g, element_shape=[None])
+    lo_out = tf.TensorArray(tf.int64, size=g if cut else 0, element_shape=[None])
+
+    def body(i, reg, rows_out, lo_out):
+        j = g - 1 - i if reverse else i
+        row, reg, lo_row = step(rows_in.read(j), reg, [e[j] for e in extras])
+        rows_out = rows_out.write(j, row)
+        if cut:
+            lo_out = lo_out.write(j, lo_row)
+        return i + 1, reg, rows_out, lo_out
+
+    _, reg, rows_out, lo_out = tf.while_loop(
+        lambda i, *_: i < g,
+        body,
+        (tf.constant(0), reg, rows_out, lo_out),
+        maximum_iterations=g,
+    )
+    out = _unrows(rows_out.stack(), x)
+    return out, reg, (lo_out.stack() if cut else None)
 
 
 def group_mul_kernel(
@@ -138,17 +167,20 @@ def group_mul_kernel(
     ``lo`` ``[g, M]``: the result is then ``(x, reg, lo)``, else ``(x, reg)``. Padding stays
     zero (``s < n <= d``), so nothing is lost by dropping it.
     """
-    rows = _rows(x, g, tf.size(reg, tf.int64))
     one = tf.constant(1, tf.int64)
-    lo = []
-    for j in range(g):
+
+    def step(row, reg, extra):
+        lo_row = None
         if shifts is not None:
-            s = shifts[j]
-            lo.append(tf.bitwise.bitwise_and(reg, tf.bitwise.left_shift(one, s) - one))
+            (s,) = extra
+            lo_row = tf.bitwise.bitwise_and(reg, tf.bitwise.left_shift(one, s) - one)
             reg = tf.bitwise.right_shift(reg, s)
-        rows[j], reg = mul_kernel(rows[j], reg, n, d)
-    out = _unrows(rows, x)
-    return (out, reg) if shifts is None else (out, reg, tf.stack(lo))
+        row, reg = mul_kernel(row, reg, n, d)
+        return row, reg, lo_row
+
+    cut = shifts is not None
+    out, reg, lo = _over_rows(step, x, reg, g, [shifts] if cut else [], False, cut)
+    return (out, reg, lo) if cut else (out, reg)
 
 
 def group_div_kernel(
@@ -161,12 +193,17 @@ def group_div_kernel(
     lo: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact inverse of :func:`group_mul_kernel` (pass back its ``shifts`` and ``lo``)."""
-    rows = _rows(x, g, tf.size(reg, tf.int64))
-    for j in reversed(range(g)):
-        rows[j], reg = div_kernel(rows[j], reg, n, d)
+
+    def step(row, reg, extra):
+        row, reg = div_kernel(row, reg, n, d)
         if shifts is not None:
-            reg = tf.bitwise.bitwise_or(tf.bitwise.left_shift(reg, shifts[j]), lo[j])
-    return _unrows(rows, x), reg
+            s, lo_row = extra
+            reg = tf.bitwise.bitwise_or(tf.bitwise.left_shift(reg, s), lo_row)
+        return row, reg, None
+
+    extras = [shifts, lo] if shifts is not None else []
+    out, reg, _ = _over_rows(step, x, reg, g, extras, True, False)
+    return out, reg
 
 
 def _to_bytes(values: np.ndarray, nbytes: int) -> np.ndarray:
