@@ -1,6 +1,6 @@
 """Tuning results (``result.json``) and meta-state checkpoints, written atomically.
 
-``result.json`` (``schema_version`` 1) is documented field by field in ``docs/tuning.md``.
+``result.json`` (``schema_version`` 1) is documented field by field in README.md ("result.json").
 A checkpoint is one ``.npz`` file holding the raw hyperparameters, the meta-optimizer state,
 the state before the last update (for backtracking) and a JSON document with the loop's
 counters and history; it is written to a temporary file and renamed, so a crash never leaves

@@ -4,7 +4,8 @@ Not run here (no engine): building the images and starting compose. What is chec
 compose file's structure (PostgreSQL, API, GPU-reserved workers), that every command the
 images and compose run is a valid `revhpo` command line, that the API image's package list
 equals the lock's pins and covers what the API imports, and the API image's start command
-run for real against PostgreSQL (migrate, then serve).
+run for real against PostgreSQL (migrate, then serve), and that the README's Docker steps name
+the compose file's services and valid `revhpo` command lines.
 """
 
 from __future__ import annotations
@@ -116,6 +117,45 @@ def test_dockerfiles_copy_existing_paths_and_run_valid_commands():
                     assert (REPO / src).exists(), f"{name}: COPY {src}"
         assert _parse(_cmd(name)).func.__name__ == func
     assert "tensorflow/tensorflow:2.21.0-gpu" in (DOCKER / "Dockerfile.worker").read_text()
+
+
+def _readme_docker_steps() -> list[str]:
+    """The shell lines of the README's "Run on a GPU cluster (Docker)" code block."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("Run on a GPU cluster (Docker)") :]
+    block = section[section.index("```sh") + 5 : section.index("```", section.index("```sh") + 5)]
+    lines, cur = [], ""
+    for raw in block.splitlines():
+        line = raw.split(" #", 1)[0].rstrip()
+        cur += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            if cur.strip():
+                lines.append(cur.strip())
+            cur = ""
+    return lines
+
+
+def test_readme_docker_steps_match_compose_and_the_cli():
+    """The README's steps name the compose file's services and valid revhpo command lines."""
+    services = set(yaml.safe_load((DOCKER / "compose.yml").read_text())["services"])
+    steps = _readme_docker_steps()
+    assert any(" build" in s for s in steps) and any(" up -d" in s for s in steps)
+    for step in steps:
+        words = shlex.split(re.sub(r"\$\((.*)\)", r"\1", step.split("=", 1)[-1]))
+        if "docker" in words:
+            i = words.index("docker")
+            assert words[i + 1 : i + 4] == ["compose", "-f", "docker/compose.yml"], step
+            assert (REPO / words[i + 3]).exists()
+            verb, rest = words[i + 4], words[i + 5 :]
+            if verb == "up":
+                named = [w for w in rest if not w.startswith("-") and "=" not in w]
+                assert named and set(named) <= services, step
+            if verb == "exec":
+                assert rest[0] in services, step
+                argv = [w for w in rest[1:] if w != "2>/dev/null"]
+                assert _parse(argv).func.__name__.startswith("cmd_"), step
+        elif words and words[0] == "revhpo":
+            assert _parse(words).func.__name__ == "cmd_submit", step
 
 
 @pytest.mark.postgres
