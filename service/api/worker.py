@@ -144,6 +144,22 @@ async def _upload(
     return rel
 
 
+async def _upload_and_record(request, engine, store, settings, job_id, token, name, record):
+    """Store an upload of the live attempt, then record it; a lost lease discards the file."""
+    rel = await _upload(request, engine, store, settings, job_id, token, name)
+
+    def in_session() -> None:
+        with session_scope(engine) as s:
+            record(s, rel)
+
+    try:
+        await run_in_threadpool(in_session)  # never block the event loop on a database lock
+    except queue.LeaseLost as exc:
+        store.job_file(job_id, rel).unlink(missing_ok=True)
+        raise _lost(job_id) from exc
+    return Response(status_code=204)
+
+
 @router.put("/jobs/{job_id}/artifacts/{name}", status_code=204, responses=RESPONSES)
 async def put_artifact(
     job_id: str,
@@ -156,18 +172,11 @@ async def put_artifact(
     settings: SettingsDep,
 ) -> Response:
     """Upload a result file (plot, result.json) of the live attempt."""
-    rel = await _upload(request, engine, store, settings, job_id, token, name)
 
-    def record() -> None:
-        with session_scope(engine) as s:
-            queue.add_artifact(s, job_id=job_id, token=token, name=rel)
+    def record(s, rel: str) -> None:
+        queue.add_artifact(s, job_id=job_id, token=token, name=rel)
 
-    try:
-        await run_in_threadpool(record)  # never block the event loop on a database lock
-    except queue.LeaseLost as exc:
-        store.job_file(job_id, rel).unlink(missing_ok=True)
-        raise _lost(job_id) from exc
-    return Response(status_code=204)
+    return await _upload_and_record(request, engine, store, settings, job_id, token, name, record)
 
 
 @router.put("/jobs/{job_id}/checkpoint/{name}", status_code=204, responses=RESPONSES)
@@ -182,18 +191,11 @@ async def put_checkpoint(
     settings: SettingsDep,
 ) -> Response:
     """Upload the attempt's latest meta-iteration checkpoint (the next attempt resumes it)."""
-    rel = await _upload(request, engine, store, settings, job_id, token, name)
 
-    def record() -> None:
-        with session_scope(engine) as s:
-            queue.set_checkpoint(s, job_id=job_id, token=token, checkpoint=rel)
+    def record(s, rel: str) -> None:
+        queue.set_checkpoint(s, job_id=job_id, token=token, checkpoint=rel)
 
-    try:
-        await run_in_threadpool(record)  # never block the event loop on a database lock
-    except queue.LeaseLost as exc:
-        store.job_file(job_id, rel).unlink(missing_ok=True)
-        raise _lost(job_id) from exc
-    return Response(status_code=204)
+    return await _upload_and_record(request, engine, store, settings, job_id, token, name, record)
 
 
 def _job_for_attempt(session, job_id: str, token: str):  # noqa: ANN202
