@@ -156,6 +156,17 @@ def _schedule(x: tf.Tensor | np.ndarray, name: str, k: int) -> np.ndarray:
     return arr
 
 
+def _pack(xs: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Tensors flattened and concatenated into one."""
+    return tf.concat([tf.reshape(x, [-1]) for x in xs], 0)
+
+
+def _unpack(flat: tf.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[tf.Tensor]:
+    """Undo :func:`_pack` for tensors of the given shapes."""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    return [tf.reshape(x, s) for x, s in zip(tf.split(flat, sizes), shapes, strict=True)]
+
+
 def _shift_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
     """Per-buffer spill shifts for a step where some buffer spills (zeros for the others)."""
     return [
@@ -210,8 +221,8 @@ class _Stepper:
         self._update = tf.function(self._exact_update, jit_compile=xla)
         self._undo_pos = tf.function(self._undo_position, jit_compile=xla)
         self._undo_vel = tf.function(self._undo_velocity, jit_compile=xla)
-        self.forward = tf.function(self._forward, reduce_retracing=True)
-        self.reverse = tf.function(self._reverse, reduce_retracing=True)
+        self.forward = tf.function(self._forward_packed, reduce_retracing=True)
+        self.reverse = tf.function(self._reverse_packed, reduce_retracing=True)
 
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
@@ -254,6 +265,70 @@ class _Stepper:
         out = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts)
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
         return (out[0], out[1], out[2], ok, loss) + tuple(out[4:])
+
+    def _forward_packed(self, w, v, r, alpha, omg, n, d, theta, t, layout, shifts=None):
+        """:meth:`_forward` on packed state: weights, velocities and registers as one flat
+        tensor each (``layout = (shapes, groups, register sizes)``, static). A call then has
+        a handful of tensor arguments instead of three per weight tensor: per-call argument
+        processing on the host is a fixed cost per tensor."""
+        shapes, groups, reg_sizes = layout
+        out = self._forward(
+            _unpack(w, shapes),
+            _unpack(v, shapes),
+            tf.split(r, reg_sizes),
+            alpha,
+            omg,
+            n,
+            d,
+            theta,
+            t,
+            groups,
+            shifts,
+        )
+        return (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0)) + tuple(out[3:])
+
+    def _reverse_packed(
+        self,
+        w,
+        v,
+        r,
+        dw,
+        dv,
+        dtheta,
+        alpha,
+        omg,
+        n,
+        d,
+        gamma,
+        theta,
+        t,
+        layout,
+        shifts=None,
+        lo=None,
+    ):
+        """:meth:`_reverse` on packed state (weights, velocities, registers, their adjoints)."""
+        shapes, groups, reg_sizes = layout
+        out = self._reverse(
+            _unpack(w, shapes),
+            _unpack(v, shapes),
+            tf.split(r, reg_sizes),
+            _unpack(dw, shapes),
+            _unpack(dv, shapes),
+            dtheta,
+            alpha,
+            omg,
+            n,
+            d,
+            gamma,
+            theta,
+            t,
+            groups,
+            shifts,
+            lo,
+        )
+        prev_w, prev_v, regs, new_dw, new_dv = out[:5]
+        packed = (_pack(prev_w), _pack(prev_v), tf.concat(regs, 0), _pack(new_dw), _pack(new_dv))
+        return packed + tuple(out[5:])
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -416,38 +491,44 @@ def hypergradient(
     gamma_rows = _rows(gamma_applied)
     t_rows = tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else []
     groups = tuple(b.group for b in buffers)
+    shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
+    reg_sizes = tuple(b.registers for b in buffers)
+    layout = (shapes, groups, reg_sizes)
+    w_p, v_p = _pack(w_ints), _pack(v_ints)
+    r_p = tf.concat([b.register for b in buffers], 0)
     forward: dict[bool, Any] = {}
     for t in range(n_steps):
         plans = [b.before_mul(rats[t][i]) for i, b in enumerate(buffers)]
         spill = any(p is not None for p in plans)
         args = (
-            w_ints,
-            v_ints,
-            [b.register for b in buffers],
+            w_p,
+            v_p,
+            r_p,
             alpha_rows[t],
             omg_rows[t],
             n_rows[t],
             d_rows[t],
             theta,
             t_rows[t],
-            groups,
+            layout,
             _shift_tensors(plans, buffers) if spill else None,
         )
         if spill not in forward:
             forward[spill] = st.forward.get_concrete_function(*args)
-        w_ints, v_ints, regs, ok, loss, *moved = forward[spill](*args)
+        w_p, v_p, r_p, ok, loss, *moved = forward[spill](*args)
         if spill:
             for b, p, lo in zip(buffers, plans, moved[0], strict=True):
                 if p is not None:
                     b.after_mul(lo.numpy())
-        for b, r in zip(buffers, regs, strict=True):
-            b.register = r
         losses.append(loss)
         flags.append(ok)
         if len(flags) >= _CHECK_EVERY or t == n_steps - 1:
             check(t + 1)
         if callback:
             callback("forward", t + 1, n_steps)
+    w_ints, v_ints = _unpack(w_p, shapes), _unpack(v_p, shapes)
+    for b, r in zip(buffers, tf.split(r_p, reg_sizes), strict=True):
+        b.register = r
     t_forward = time.perf_counter() - t0
 
     for b in buffers:
@@ -474,15 +555,17 @@ def hypergradient(
     d_alpha = np.zeros_like(alpha_np)
     d_gamma = np.zeros_like(gamma_np)
     reverse: dict[bool, Any] = {}
+    w_p, v_p, dw_p, dv_p = _pack(w_ints), _pack(v_ints), _pack(dw), _pack(dv)
+    r_p = tf.concat([b.register for b in buffers], 0)
     for t in reversed(range(n_steps)):
         plans = [b.before_div(rats[t][i]) for i, b in enumerate(buffers)]
         spill = any(p[0] is not None for p in plans)
         args = (
-            w_ints,
-            v_ints,
-            [b.register for b in buffers],
-            dw,
-            dv,
+            w_p,
+            v_p,
+            r_p,
+            dw_p,
+            dv_p,
             dtheta,
             alpha_rows[t],
             omg_rows[t],
@@ -491,19 +574,20 @@ def hypergradient(
             gamma_rows[t],
             theta,
             t_rows[t],
-            groups,
+            layout,
             _shift_tensors([p[0] for p in plans], buffers) if spill else None,
             _word_tensors(plans, buffers) if spill else None,
         )
         if spill not in reverse:
             reverse[spill] = st.reverse.get_concrete_function(*args)
-        w_ints, v_ints, regs, dw, dv, dtheta, da, dg = reverse[spill](*args)
-        for b, r in zip(buffers, regs, strict=True):
-            b.register = r
+        w_p, v_p, r_p, dw_p, dv_p, dtheta, da, dg = reverse[spill](*args)
         d_alpha[t] = da.numpy()
         d_gamma[t] = dg.numpy()
         if callback:
             callback("reverse", n_steps - t, n_steps)
+    w_ints, v_ints, dw = _unpack(w_p, shapes), _unpack(v_p, shapes), _unpack(dw_p, shapes)
+    for b, r in zip(buffers, tf.split(r_p, reg_sizes), strict=True):
+        b.register = r
     t_reverse = time.perf_counter() - t1
 
     cert = ExactnessCertificate(
