@@ -63,8 +63,36 @@ def create_key(engine: Engine, owner: str, *, is_worker: bool = False) -> str:
     return key
 
 
+def key_prefix(key_or_prefix: str) -> str:
+    """The public prefix of a key (``rhp_<prefix>_<secret>``), or the prefix itself."""
+    if key_or_prefix.startswith(KEY_PREFIX):
+        return key_or_prefix[len(KEY_PREFIX) :].split("_", 1)[0]
+    return key_or_prefix
+
+
+def list_keys(engine: Engine) -> list[dict]:
+    """Every key's public facts (never a secret): prefix, owner, worker, created, revoked."""
+    with session_scope(engine) as s:
+        rows = s.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+        return [
+            {
+                "prefix": r.prefix,
+                "owner": r.owner,
+                "worker": bool(r.is_worker),
+                "created_at": r.created_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in rows
+        ]
+
+
 def revoke_key(engine: Engine, prefix: str) -> bool:
-    """Revoke the key with `prefix`; returns whether one was found."""
+    """Revoke the key with `prefix` (or the key itself); returns whether one was found.
+
+    API processes cache a verified key for up to 10 s, so a revocation made from another
+    process takes effect within that time.
+    """
+    prefix = key_prefix(prefix)
     with session_scope(engine) as s:
         row = s.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
         if row is None:

@@ -269,18 +269,54 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """`revhpo keys create --owner NAME [--worker]`: prints the new key (shown once)."""
     from service.auth import create_key
+
+    key = create_key(_key_engine(args), args.owner, is_worker=args.worker)
+    print(key)
+    print(
+        f"(owner {args.owner}{', worker' if args.worker else ''}; stored hashed, shown once)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _key_engine(args: argparse.Namespace):  # noqa: ANN202
     from service.db import get_engine, migrate
     from service.settings import Settings
 
     settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
     url = settings.resolved_database_url
     migrate(url)
-    key = create_key(get_engine(url), args.owner, is_worker=args.worker)
-    print(key)
-    print(
-        f"(owner {args.owner}{', worker' if args.worker else ''}; stored hashed, shown once)",
-        file=sys.stderr,
-    )
+    return get_engine(url)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """`revhpo keys list`: prefix, owner, kind and state of every key (never a secret)."""
+    import datetime as dt
+
+    from service.auth import list_keys
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    rows = list_keys(_key_engine(args))
+    print(f"{'prefix':<14} {'owner':<20} {'kind':<7} {'created (UTC)':<17} revoked (UTC)")
+    for r in rows:
+        kind = "worker" if r["worker"] else "user"
+        print(
+            f"{r['prefix']:<14} {r['owner']:<20} {kind:<7} {when(r['created_at']):<17} "
+            f"{when(r['revoked_at'])}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """`revhpo keys revoke KEY_OR_PREFIX`: the key stops working (within 10 s everywhere)."""
+    from service.auth import revoke_key
+
+    if not revoke_key(_key_engine(args), args.key):
+        print(f"revhpo keys revoke: no key with prefix {args.key!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key}")
     return 0
 
 
@@ -556,6 +592,13 @@ def register(subparsers: Any) -> None:
     kc.add_argument("--worker", action="store_true", help="a key for workers")
     kc.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
     kc.set_defaults(func=cmd_keys_create)
+    kl = ks.add_parser("list", help="list keys (prefix, owner, kind, state; never a secret)")
+    kl.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
+    kl.set_defaults(func=cmd_keys_list)
+    kr = ks.add_parser("revoke", help="revoke a key (by the key or its prefix)")
+    kr.add_argument("key", help="the key (rhp_...) or its prefix (as `keys list` shows it)")
+    kr.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
+    kr.set_defaults(func=cmd_keys_revoke)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     p = subparsers.add_parser("demo", help="the main job over HTTP on a local service")

@@ -4,12 +4,14 @@ cancel, datasets handed to workers; and the loopback-only anonymous mode."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import BACKENDS, create_key, sse_events, tiny_spec
+from svc_helpers import BACKENDS, REPO, base_env, create_key, sse_events, tiny_spec, wait_for
 
 pytestmark = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 
@@ -184,3 +186,30 @@ def test_keys_created_by_the_cli(db_url, server_factory):
     assert w.post("/v1/worker/claim", json={"worker": "x"}).json()["job_id"] == jid
     assert u.get(f"/v1/jobs/{jid}").json()["state"] == "running"
     _problem(httpx.get(srv.url + "/v1/jobs"), 401, "Authorization")
+
+
+def test_keys_listed_and_revoked_by_the_cli(db_url, server_factory):
+    srv = server_factory(db_url, REVHPO_ALLOW_ANONYMOUS="false")
+    key = create_key(db_url, "carol")
+    prefix = key.split("_")[1]
+    u = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"})
+    assert u.get("/v1/jobs").status_code == 200
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "service.cli", "keys", *argv, "--database-url", db_url]
+        return subprocess.run(
+            cmd, env=base_env(), cwd=str(REPO), capture_output=True, text=True, timeout=120
+        )
+
+    listed = cli("list")
+    assert listed.returncode == 0 and key not in listed.stdout  # never a secret
+    row = next(ln for ln in listed.stdout.splitlines() if ln.startswith(prefix))
+    assert "carol" in row and row.rstrip().endswith("-")  # not revoked
+    assert cli("revoke", "nosuchprefix").returncode == 1
+    out = cli("revoke", key)
+    assert out.returncode == 0, out.stderr
+    row = next(ln for ln in cli("list").stdout.splitlines() if ln.startswith(prefix))
+    assert not row.rstrip().endswith("-")  # a revocation time now
+    # The server caches a verified key for at most 10 s; then the key is refused.
+    wait_for(lambda: u.get("/v1/jobs").status_code == 401, 30, what="revoked key refused")
+    _problem(u.get("/v1/jobs"), 401, "Authorization")
