@@ -221,8 +221,8 @@ class _Stepper:
         self._update = tf.function(self._exact_update, jit_compile=xla)
         self._undo_pos = tf.function(self._undo_position, jit_compile=xla)
         self._undo_vel = tf.function(self._undo_velocity, jit_compile=xla)
-        self.forward = tf.function(self._forward_packed, reduce_retracing=True)
-        self.reverse = tf.function(self._reverse_packed, reduce_retracing=True)
+        self.forward = tf.function(self._forward, reduce_retracing=True)
+        self.reverse = tf.function(self._reverse, reduce_retracing=True)
 
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
@@ -254,8 +254,16 @@ class _Stepper:
             new_regs.append(reg)
         return (new_w, new_v, new_regs, ok) + (() if shifts is None else (lo,))
 
-    def _forward(self, w_ints, v_ints, regs, alpha, omg, n, d, theta, t, groups, shifts=None):
-        """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out]."""
+    def _forward(self, w_p, v_p, r_p, alpha, omg, n, d, theta, t, layout, shifts=None):
+        """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out].
+
+        The state is packed: weights, velocities and registers as one flat tensor each
+        (``layout = (shapes, groups, register sizes)``, static), so a call has a handful of
+        tensor arguments instead of three per weight tensor (host-side argument processing
+        is a fixed cost per tensor).
+        """
+        shapes, groups, reg_sizes = layout
+        w_ints, v_ints, regs = _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes)
         w = self._weights(w_ints)
         theta = [tf.cast(x, self.dtype) for x in theta]
         with tf.GradientTape() as tape:
@@ -264,71 +272,8 @@ class _Stepper:
         grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         out = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts)
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
-        return (out[0], out[1], out[2], ok, loss) + tuple(out[4:])
-
-    def _forward_packed(self, w, v, r, alpha, omg, n, d, theta, t, layout, shifts=None):
-        """:meth:`_forward` on packed state: weights, velocities and registers as one flat
-        tensor each (``layout = (shapes, groups, register sizes)``, static). A call then has
-        a handful of tensor arguments instead of three per weight tensor: per-call argument
-        processing on the host is a fixed cost per tensor."""
-        shapes, groups, reg_sizes = layout
-        out = self._forward(
-            _unpack(w, shapes),
-            _unpack(v, shapes),
-            tf.split(r, reg_sizes),
-            alpha,
-            omg,
-            n,
-            d,
-            theta,
-            t,
-            groups,
-            shifts,
-        )
-        return (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0)) + tuple(out[3:])
-
-    def _reverse_packed(
-        self,
-        w,
-        v,
-        r,
-        dw,
-        dv,
-        dtheta,
-        alpha,
-        omg,
-        n,
-        d,
-        gamma,
-        theta,
-        t,
-        layout,
-        shifts=None,
-        lo=None,
-    ):
-        """:meth:`_reverse` on packed state (weights, velocities, registers, their adjoints)."""
-        shapes, groups, reg_sizes = layout
-        out = self._reverse(
-            _unpack(w, shapes),
-            _unpack(v, shapes),
-            tf.split(r, reg_sizes),
-            _unpack(dw, shapes),
-            _unpack(dv, shapes),
-            dtheta,
-            alpha,
-            omg,
-            n,
-            d,
-            gamma,
-            theta,
-            t,
-            groups,
-            shifts,
-            lo,
-        )
-        prev_w, prev_v, regs, new_dw, new_dv = out[:5]
-        packed = (_pack(prev_w), _pack(prev_v), tf.concat(regs, 0), _pack(new_dw), _pack(new_dv))
-        return packed + tuple(out[5:])
+        packed = (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0))
+        return packed + (ok, loss) + tuple(out[4:])
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -370,11 +315,11 @@ class _Stepper:
 
     def _reverse(
         self,
-        w_ints,
-        v_ints,
-        regs,
-        dw,
-        dv,
+        w_p,
+        v_p,
+        r_p,
+        dw_p,
+        dv_p,
         dtheta,
         alpha,
         omg,
@@ -383,11 +328,17 @@ class _Stepper:
         gamma,
         theta,
         t,
-        groups,
+        layout,
         shifts=None,
         lo=None,
     ):
-        """One exact reverse step with adjoint accumulation (see the module docstring)."""
+        """One exact reverse step with adjoint accumulation (see the module docstring).
+
+        State and adjoints are packed as in :meth:`_forward`.
+        """
+        shapes, groups, reg_sizes = layout
+        w_ints, v_ints, regs = _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes)
+        dw, dv = _unpack(dw_p, shapes), _unpack(dv_p, shapes)
         prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
         u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
         theta_c = [tf.cast(x, self.dtype) for x in theta]
@@ -398,7 +349,14 @@ class _Stepper:
             v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma, groups, shifts, lo
         )
         new_dtheta = [dtheta[j] - tf.cast(mixed[j], tf.float64) for j in range(len(dtheta))]
-        return prev_w, prev_v, new_regs, new_dw, new_dv, new_dtheta, d_alpha, d_gamma
+        packed = (
+            _pack(prev_w),
+            _pack(prev_v),
+            tf.concat(new_regs, 0),
+            _pack(new_dw),
+            _pack(new_dv),
+        )
+        return packed + (new_dtheta, d_alpha, d_gamma)
 
 
 def hypergradient(
