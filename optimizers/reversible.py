@@ -167,6 +167,23 @@ def _unpack(flat: tf.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[tf.Tenso
     return [tf.reshape(x, s) for x, s in zip(tf.split(flat, sizes), shapes, strict=True)]
 
 
+def _unpack_state(w_p, v_p, r_p, layout) -> tuple[list, list, list, tuple[int, ...]]:
+    """Weights, velocities and registers from their packed form; also the row counts."""
+    shapes, groups, reg_sizes = layout
+    return _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes), groups
+
+
+def _gather_registers(buffers: Sequence[InfoBuffer]) -> tf.Tensor:
+    """The buffers' registers packed into one flat tensor."""
+    return tf.concat([b.register for b in buffers], 0)
+
+
+def _scatter_registers(buffers: Sequence[InfoBuffer], r_p: tf.Tensor) -> None:
+    """Undo :func:`_gather_registers`: hand each buffer its registers back."""
+    for b, r in zip(buffers, tf.split(r_p, [b.registers for b in buffers]), strict=True):
+        b.register = r
+
+
 def _shift_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
     """Per-buffer spill shifts for a step where some buffer spills (zeros for the others)."""
     return [
@@ -262,8 +279,7 @@ class _Stepper:
         tensor arguments instead of three per weight tensor (host-side argument processing
         is a fixed cost per tensor).
         """
-        shapes, groups, reg_sizes = layout
-        w_ints, v_ints, regs = _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes)
+        w_ints, v_ints, regs, groups = _unpack_state(w_p, v_p, r_p, layout)
         w = self._weights(w_ints)
         theta = [tf.cast(x, self.dtype) for x in theta]
         with tf.GradientTape() as tape:
@@ -336,9 +352,8 @@ class _Stepper:
 
         State and adjoints are packed as in :meth:`_forward`.
         """
-        shapes, groups, reg_sizes = layout
-        w_ints, v_ints, regs = _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes)
-        dw, dv = _unpack(dw_p, shapes), _unpack(dv_p, shapes)
+        w_ints, v_ints, regs, groups = _unpack_state(w_p, v_p, r_p, layout)
+        dw, dv = _unpack(dw_p, layout[0]), _unpack(dv_p, layout[0])
         prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
         u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
         theta_c = [tf.cast(x, self.dtype) for x in theta]
@@ -422,7 +437,6 @@ def hypergradient(
     t0 = time.perf_counter()
     w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
     w_start = [x for x in w_ints]  # immutable tensors: a reference is a copy
-    v_ints = [tf.zeros_like(x) for x in w_ints]
     buffers = [InfoBuffer(x.shape) for x in w_ints]
     losses, flags = [], []
 
@@ -450,10 +464,9 @@ def hypergradient(
     t_rows = tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else []
     groups = tuple(b.group for b in buffers)
     shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
-    reg_sizes = tuple(b.registers for b in buffers)
-    layout = (shapes, groups, reg_sizes)
-    w_p, v_p = _pack(w_ints), _pack(v_ints)
-    r_p = tf.concat([b.register for b in buffers], 0)
+    layout = (shapes, groups, tuple(b.registers for b in buffers))
+    w_p, r_p = _pack(w_ints), _gather_registers(buffers)
+    v_p = tf.zeros_like(w_p)  # v_0 = 0
     forward: dict[bool, Any] = {}
     for t in range(n_steps):
         plans = [b.before_mul(rats[t][i]) for i, b in enumerate(buffers)]
@@ -484,9 +497,8 @@ def hypergradient(
             check(t + 1)
         if callback:
             callback("forward", t + 1, n_steps)
-    w_ints, v_ints = _unpack(w_p, shapes), _unpack(v_p, shapes)
-    for b, r in zip(buffers, tf.split(r_p, reg_sizes), strict=True):
-        b.register = r
+    w_ints = _unpack(w_p, shapes)  # for the validation loss; w_p, v_p carry on to the reverse
+    _scatter_registers(buffers, r_p)
     t_forward = time.perf_counter() - t0
 
     for b in buffers:
@@ -513,8 +525,7 @@ def hypergradient(
     d_alpha = np.zeros_like(alpha_np)
     d_gamma = np.zeros_like(gamma_np)
     reverse: dict[bool, Any] = {}
-    w_p, v_p, dw_p, dv_p = _pack(w_ints), _pack(v_ints), _pack(dw), _pack(dv)
-    r_p = tf.concat([b.register for b in buffers], 0)
+    dw_p, dv_p, r_p = _pack(dw), _pack(dv), _gather_registers(buffers)
     for t in reversed(range(n_steps)):
         plans = [b.before_div(rats[t][i]) for i, b in enumerate(buffers)]
         spill = any(p[0] is not None for p in plans)
@@ -544,8 +555,7 @@ def hypergradient(
         if callback:
             callback("reverse", n_steps - t, n_steps)
     w_ints, v_ints, dw = _unpack(w_p, shapes), _unpack(v_p, shapes), _unpack(dw_p, shapes)
-    for b, r in zip(buffers, tf.split(r_p, reg_sizes), strict=True):
-        b.register = r
+    _scatter_registers(buffers, r_p)
     t_reverse = time.perf_counter() - t1
 
     cert = ExactnessCertificate(
