@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: run test lint fmt bench venv clean
+.PHONY: run test test-fast lint fmt bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ run: venv
 
 test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The fast tier (about 2 minutes): everything not marked `slow` (long exactness runs,
+# finite-difference and unrolled-autodiff sweeps, real TensorFlow jobs in subprocesses).
+test-fast: venv lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -24,8 +24,10 @@ import tensorflow as tf  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nets  # noqa: E402
-from hessian import grad_and_hvp  # noqa: E402
+from revhpo.hessian import grad_and_hvp  # noqa: E402
+
+from revhpo import nets  # noqa: E402
+from revhpo.runtime import require_exact_ops  # noqa: E402
 
 HEADING = "## nets: implicit and semiseparable families"
 COMMAND = "TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/bench_nets.py --write"
@@ -227,8 +229,8 @@ def _derivative_times(
 def bench_hypergradient(configs: list[tuple[str, dict]], steps: int, batch: int) -> list[str]:
     """``optimizers.benchmark.measure`` on digits for ~40k-parameter nets."""
     try:
-        from optimizers import minibatch_indices
-        from optimizers.benchmark import measure
+        from revhpo.optimizers import minibatch_indices
+        from revhpo.optimizers.benchmark import measure
     except ImportError as exc:  # pragma: no cover - depends on the optimizers package
         return [f"(skipped: optimizers.benchmark.measure is not available: {exc})"]
     from sklearn.datasets import load_digits
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-hyper", action="store_true", help="skip the hypergradient ratios")
     ap.add_argument("--only-hyper", action="store_true", help="only the hypergradient ratios")
     args = ap.parse_args(argv)
-    tf.config.experimental.enable_op_determinism()
+    require_exact_ops()
     quick = args.quick
     parts = [
         f"Command: `{COMMAND}` ({platform.processor() or platform.machine()}, "

@@ -16,8 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from precise import (  # noqa: E402
+from revhpo.precise import (  # noqa: E402
     DEFAULT_GROUP,
     FixedArray,
     group_layout,

@@ -66,7 +66,7 @@ def free_port() -> int:
 @contextmanager
 def database(backend: str, tmp: Path):
     """A fresh, migrated database URL."""
-    from service.db import _engines, migrate
+    from revhpo.service.db import _engines, migrate
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp / 'revhpo.db'}"
@@ -115,7 +115,7 @@ def server(url: str, home: Path, **extra: str):
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.api"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "revhpo.service.api"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,10 +148,9 @@ def pct(xs: list[float], p: float) -> float:
 # ----------------------------------------------------------------------------- chaos
 def chaos(args: argparse.Namespace) -> dict:
     """Kill workers at random while short jobs run; check exactly-once success."""
+    from revhpo.service.db import db_epoch, get_engine, session_scope
+    from revhpo.service.models import Job, JobEvent
     from sqlalchemy import select
-
-    from service.db import db_epoch, get_engine, session_scope
-    from service.models import Job, JobEvent
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp, database(args.backend, Path(tmp)) as url:
@@ -175,7 +174,7 @@ def chaos(args: argparse.Namespace) -> dict:
                 serial += 1
                 out = open(logs / f"{name}.log", "ab")  # noqa: SIM115
                 workers[name] = subprocess.Popen(
-                    [sys.executable, "-m", "service.worker", "--api", base, "--name", name],
+                    [sys.executable, "-m", "revhpo.service.worker", "--api", base, "--name", name],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -378,9 +377,8 @@ def owners(args: argparse.Namespace) -> dict:
     import io
 
     import numpy as np
-
-    from service.auth import create_key
-    from service.db import get_engine
+    from revhpo.service.auth import create_key
+    from revhpo.service.db import get_engine
 
     with tempfile.TemporaryDirectory() as tmp, database(args.backend, Path(tmp)) as url:
         with server(url, Path(tmp) / "home", REVHPO_ALLOW_ANONYMOUS="false") as (base, _):

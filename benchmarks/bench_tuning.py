@@ -3,7 +3,7 @@
 MLP 64-50-50-10 (tanh) on scikit-learn's digits (1000/397/400 split, seed 0), T = 100 steps of
 SGD with momentum, batch 50.
 
-1. Reversible: ``service.tuning.tune`` on ``examples/mlp_digits.yaml`` — per-layer-per-step α
+1. Reversible: ``revhpo.service.tuning.tune`` on ``examples/mlp_digits.yaml`` — per-layer-per-step α
    and γ, per-layer weight decay and init scale (606 hyperparameters), Adam on the raw values,
    a fresh training seed per meta-iteration. Its tuning wall-clock time is the budget B.
 2. Grid: constant α × γ (6 × 4; λ = 1e-4, scale 1), each point trained on tuning seeds
@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optimizers.tuning import EVAL_SEED_OFFSET  # noqa: E402
-from service.spec import load_spec  # noqa: E402
-from service.tuning import build_problem, tune  # noqa: E402
+from revhpo.optimizers import EVAL_SEED_OFFSET  # noqa: E402
+from revhpo.service.spec import load_spec  # noqa: E402
+from revhpo.service.tuning import build_problem, tune  # noqa: E402
 
 GRID_ALPHA = [0.03, 0.1, 0.3, 1.0, 2.0, 4.0]
 GRID_GAMMA = [0.5, 0.8, 0.9, 0.95]
@@ -149,7 +149,7 @@ def run_hybrid(spec, grid, iterations, out, seeds):
     doc["hyperparameters"]["momentum"]["init"] = grid["gamma"]
     hspec = load_spec(doc)
     res = tune(hspec, out, resume=False)
-    from service.tuning import final_state
+    from revhpo.service.tuning import final_state
 
     problem = build_problem(hspec)
     row = evaluate(problem, final_state(out, hspec).raw, seeds)
@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     print(f"[4/4] evaluation on {args.eval_seeds} held-out training seeds ...", flush=True)
     seeds = [spec.training.seed + EVAL_SEED_OFFSET + j for j in range(args.eval_seeds)]
     rproblem = build_problem(spec)
-    raw0 = {k: v.numpy() for k, v in rproblem.raw.items()}
-    from service.tuning import final_state
+    raw0 = rproblem.initial_raw()
+    from revhpo.service.tuning import final_state
 
     raw_final = final_state(out, spec).raw
     rows = {

@@ -24,7 +24,7 @@ def main() -> int:
     runs = [
         [py, f"{HERE}/bench_precise.py"]
         + (["--elements", "10000", "--steps", "200"] if args.quick else []),
-        [py, "-m", "service.cli", "bench"]
+        [py, "-m", "revhpo", "bench"]
         + (["--steps", "20", "--memory-steps", "20"] if args.quick else []),
         [py, f"{HERE}/bench_nets.py"] + (["--quick"] if args.quick else []),
         [py, f"{HERE}/bench_tuning.py"]

@@ -3,22 +3,32 @@
 A net is a plain description (``config``) plus pure functions of a flat list of tensors:
 ``init_params(seed)`` makes the list, ``apply(params, x)`` evaluates the net. The reversible
 optimizer sees only that list; Keras layers (``nets.keras``) wrap the same functions.
+
+Configs are validated by the family's typed model (``revhpo.nets.config``, no TensorFlow),
+which holds every key's default and check; the families build from the validated values.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import importlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import tensorflow as tf
-
-ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid")
-TASKS = ("classification", "reconstruction")
+from revhpo.nets.config import (  # noqa: F401 (re-exported: they used to live here)
+    ACTIVATIONS,
+    TASKS,
+    NetConfigBase,
+    NetConfigError,
+    check_positive_int,
+    check_sizes,
+    parse_net_config,
+)
 
 
 def activation_fn(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -79,28 +89,13 @@ class ParamSpec:
         return math.prod(self.shape)
 
 
-def check_positive_int(value: Any, what: str, minimum: int = 1) -> int:
-    """Return ``value`` as an int, or raise ValueError echoing it when it is not >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{what}` must be an integer >= {minimum}. Received: {what}={value!r}")
-    return int(value)
-
-
-def check_sizes(value: Any, what: str = "sizes") -> list[int]:
-    """Return a list of positive layer widths, or raise ValueError echoing ``value``."""
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(
-            f"`{what}` must be a list of positive integers. Received: {what}={value!r}"
-        )
-    return [check_positive_int(v, what) for v in value]
-
-
 class Net(abc.ABC):
     """A functional net: ``apply(params, x)`` is a pure, deterministic, twice-differentiable
     function of the flat parameter list.
 
-    Subclasses set ``family``, fill ``self._config`` (all defaults made explicit, JSON-able) and
-    ``self._specs`` in ``__init__``, and implement ``apply``.
+    Subclasses set ``family`` (and ``config_class``, the family's typed config model), call
+    ``self.take_config(cfg)`` in ``__init__`` (which validates the config and fills
+    ``self._config`` with every default explicit), fill ``self._specs``, and implement ``apply``.
 
     Attributes:
         input_dim: features per example (the flat width of ``x``).
@@ -110,6 +105,7 @@ class Net(abc.ABC):
     """
 
     family: ClassVar[str] = ""
+    config_class: ClassVar[type[NetConfigBase] | None] = None
     task: str = "classification"
 
     def __init__(self, input_dim: int, output_dim: int) -> None:
@@ -118,8 +114,36 @@ class Net(abc.ABC):
         self._config: dict[str, Any] = {"family": self.family}
         self._specs: list[ParamSpec] = []
         self._layer_names: list[str] = []
+        self._typed_config: NetConfigBase | None = None
+
+    def take_config(self, cfg: Mapping[str, Any] | NetConfigBase) -> Any:
+        """Validate ``cfg`` through ``config_class`` and record it as this net's config.
+
+        Args:
+            cfg: the family's config model, or a dict of its keys (``family`` optional).
+
+        Returns:
+            The validated model (every default filled in); ``self.config`` is its dump.
+
+        Raises:
+            ValueError: unknown keys, invalid values, or dimensions the config cannot be built
+                with (the message names the field and the value received).
+        """
+        if self.config_class is None:
+            raise TypeError(f"{type(self).__name__} has no `config_class`")
+        typed = parse_net_config(cfg, family=self.family)
+        typed.check_dims(self.input_dim, self.output_dim)
+        self._typed_config = typed
+        self._config = typed.model_dump()
+        return typed
 
     # ----- description -------------------------------------------------------------------
+    @property
+    def typed_config(self) -> NetConfigBase | None:
+        """The validated config model (``revhpo.nets.config``), or None for a family without
+        one."""
+        return self._typed_config
+
     @property
     def config(self) -> dict[str, Any]:
         """A JSON-able dict with every default made explicit; ``build_net`` round-trips it."""
@@ -238,44 +262,63 @@ class Net(abc.ABC):
         Returns:
             A ``tf.keras.Sequential`` whose single layer is a ``nets.NetLayer`` wrapping this net.
         """
-        from nets.keras_layers import keras_model  # local import: Keras is only needed here
+        from revhpo.nets.keras_layers import keras_model  # local import: Keras is only needed here
 
         return keras_model(self, dtype=dtype, seed=seed)
 
 
 _REGISTRY: dict[str, type[Net]] = {}
+_BUILTIN_MODULES = ("revhpo.nets.mlp", "revhpo.nets.implicit", "revhpo.nets.sss")
+
+
+def _load_builtin_families() -> None:
+    """Import the modules of the built-in families (they register themselves on import)."""
+    for name in _BUILTIN_MODULES:
+        importlib.import_module(name)
 
 
 def register_family(cls: type[Net]) -> type[Net]:
-    """Class decorator: make ``cls`` buildable by ``build_net`` under ``cls.family``."""
+    """Class decorator: make ``cls`` buildable by ``build_net`` under ``cls.family``.
+
+    A family with a ``config_class`` receives its validated config model; one without receives
+    the plain dict of its keys (without ``family``) and validates it itself.
+    """
     _REGISTRY[cls.family] = cls
     return cls
 
 
 def families() -> list[str]:
     """The registered family names."""
+    _load_builtin_families()
     return sorted(_REGISTRY)
 
 
-def family_task(config: dict[str, Any] | str) -> str:
+def family_task(config: Mapping[str, Any] | NetConfigBase | str) -> str:
     """The task of a family before building it: ``"classification"`` or ``"reconstruction"``.
 
     Reconstruction nets (autoencoders) need ``output_dim == input_dim``.
 
     Args:
-        config: a net config (``{"family": ...}``) or a family name.
+        config: a net config (``{"family": ...}`` or a config model) or a family name.
     """
-    family = config.get("family") if isinstance(config, dict) else config
+    if isinstance(config, NetConfigBase):
+        return config.task
+    family = config.get("family") if isinstance(config, Mapping) else config
+    _load_builtin_families()
     if family not in _REGISTRY:
         raise ValueError(f"`family` must be one of {families()}. Received: family={family!r}")
     return _REGISTRY[family].task
 
 
-def build_net(config: dict[str, Any], input_dim: int, output_dim: int) -> Net:
+def build_net(config: Mapping[str, Any] | NetConfigBase, input_dim: int, output_dim: int) -> Net:
     """Build a net from its plain config.
 
+    The config is validated by the family's typed model (``revhpo.nets.config``): defaults,
+    checks and the exact parameter count (``num_params``) all come from there.
+
     Args:
-        config: ``{"family": <name>, ...}``; see docs/nets.md for each family's keys.
+        config: ``{"family": <name>, ...}`` (see docs/nets.md for each family's keys), or a
+            config model such as ``MLPConfig(sizes=[32])``.
         input_dim: features per example.
         output_dim: logits per example (== ``input_dim`` for autoencoders).
 
@@ -285,17 +328,29 @@ def build_net(config: dict[str, Any], input_dim: int, output_dim: int) -> Net:
     Raises:
         ValueError: unknown family, unknown keys, or invalid values (the message echoes them).
     """
-    if not isinstance(config, dict):
+    if isinstance(config, NetConfigBase):
+        family: Any = config.family
+    elif isinstance(config, Mapping):
+        family = config.get("family")
+    else:
         raise ValueError(f"`config` must be a dict. Received: config={config!r}")
-    family = config.get("family")
+    _load_builtin_families()
     if family not in _REGISTRY:
         raise ValueError(f"`family` must be one of {families()}. Received: family={family!r}")
+    cls = _REGISTRY[family]
+    if cls.config_class is not None:
+        return cls(parse_net_config(config, family=family), input_dim, output_dim)
+    if isinstance(config, NetConfigBase):
+        config = config.model_dump()
     cfg = {k: v for k, v in config.items() if k != "family"}
-    return _REGISTRY[family](cfg, input_dim, output_dim)
+    return cls(cfg, input_dim, output_dim)
 
 
 def take_config(cfg: dict[str, Any], defaults: dict[str, Any], family: str) -> dict[str, Any]:
-    """Merge ``cfg`` over ``defaults``; raise ValueError on keys the family does not know."""
+    """Merge ``cfg`` over ``defaults``; raise ValueError on keys the family does not know.
+
+    For families without a typed config model (the built-in ones use ``Net.take_config``).
+    """
     unknown = sorted(set(cfg) - set(defaults))
     if unknown:
         raise ValueError(

@@ -24,34 +24,32 @@ per example). Two things make it usable inside exactly reversible training:
 
 from __future__ import annotations
 
+import abc
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
-
-from nets.base import (
-    ACTIVATIONS,
+from revhpo.nets.base import (
     Net,
     ParamSpec,
     activation_derivative,
     activation_fn,
-    check_positive_int,
     register_family,
-    take_config,
 )
-from nets.mlp import dense
-
-SOLVER_DEFAULTS: dict[str, Any] = {
-    "kappa": 0.95,
-    "tol": 1e-10,
-    "max_iter": 3000,
-    "newton_steps": 2,
-    "on_nonconvergence": "warn",
-}
+from revhpo.nets.config import (  # noqa: F401 (SOLVER_DEFAULTS and the widths re-exported)
+    SOLVER_DEFAULTS,
+    ImplicitAutoencoderConfig,
+    ImplicitConfig,
+    ImplicitRNNConfig,
+    NetConfigBase,
+    autoencoder_widths,
+    default_time_steps,
+)
+from revhpo.nets.mlp import dense
 
 
 class ConvergenceError(RuntimeError):
@@ -191,32 +189,34 @@ def _eps(dtype: tf.DType) -> float:
     return {tf.float64: 2.0**-52, tf.float32: 2.0**-23, tf.float16: 2.0**-10}.get(dtype, 2.0**-23)
 
 
-def solver_from_config(cfg: dict[str, Any]) -> EquilibriumSolver:
-    """Validate the solver keys of a config and build the solver."""
-    kappa = cfg["kappa"]
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 < kappa < 1:
-        raise ValueError(f"`kappa` must be a number in (0, 1). Received: kappa={kappa!r}")
-    tol = cfg["tol"]
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"`tol` must be a positive number. Received: tol={tol!r}")
-    check_positive_int(cfg["max_iter"], "max_iter")
-    check_positive_int(cfg["newton_steps"], "newton_steps", minimum=0)
-    if cfg["on_nonconvergence"] not in ("warn", "raise", "ignore"):
-        raise ValueError(
-            "`on_nonconvergence` must be one of ('warn', 'raise', 'ignore'). "
-            f"Received: on_nonconvergence={cfg['on_nonconvergence']!r}"
-        )
-    if cfg["activation"] not in ACTIVATIONS:
-        raise ValueError(
-            f"`activation` must be one of {ACTIVATIONS}. Received: activation={cfg['activation']!r}"
-        )
+def solver_from_config(
+    cfg: ImplicitConfig | ImplicitRNNConfig | ImplicitAutoencoderConfig,
+) -> EquilibriumSolver:
+    """The solver of a validated implicit config (its ``activation`` and solver keys)."""
     return EquilibriumSolver(
-        activation=cfg["activation"],
-        tol=float(tol),
-        max_iter=int(cfg["max_iter"]),
-        newton_steps=int(cfg["newton_steps"]),
-        on_nonconvergence=cfg["on_nonconvergence"],
+        activation=cfg.activation,
+        tol=cfg.tol,
+        max_iter=cfg.max_iter,
+        newton_steps=cfg.newton_steps,
+        on_nonconvergence=cfg.on_nonconvergence,
     )
+
+
+class _ImplicitNet(Net):
+    """What the implicit families share: ``__init__`` validates the config and builds its
+    equilibrium solver (``self.solver``), then ``_build`` makes the parameters."""
+
+    def __init__(
+        self, cfg: NetConfigBase | Mapping[str, Any], input_dim: int, output_dim: int
+    ) -> None:
+        super().__init__(input_dim, output_dim)
+        c = self.take_config(cfg)
+        self.solver = solver_from_config(c)
+        self._build(c)
+
+    @abc.abstractmethod
+    def _build(self, c: Any) -> None:
+        """Fill ``_specs`` and ``_layer_names`` from the validated config ``c``."""
 
 
 class _ImplicitCore:
@@ -282,50 +282,24 @@ class _ImplicitCore:
         return y if m["c"] is None else y + m["c"]
 
 
-_IMPLICIT_DEFAULTS: dict[str, Any] = {
-    "n": 64,
-    "activation": "relu",
-    "rank": None,
-    "bias": True,
-    **SOLVER_DEFAULTS,
-}
-
-
-def _check_rank(rank: Any, n: int) -> int | None:
-    if rank is None:
-        return None
-    rank = check_positive_int(rank, "rank")
-    if rank > n:
-        raise ValueError(f"`rank` must be <= n={n} (or None for full rank). Received: rank={rank}")
-    return rank
-
-
 @register_family
-class ImplicitModel(Net):
+class ImplicitModel(_ImplicitNet):
     """Family ``"implicit"``: ``X = φ(A X + B U + b)``, ``Ŷ = C X + D U + c`` (El Ghaoui et al.).
 
     Config keys (defaults): ``n`` (64) hidden states; ``activation`` ("relu"); ``rank`` (None:
     full ``A = well_posed(W)``; an int r: ``A = well_posed(L Rᵀ)``); ``bias`` (True);
     ``kappa`` (0.95) the ∞-norm bound of A; solver keys ``tol`` (1e-10), ``max_iter`` (3000),
-    ``newton_steps`` (2), ``on_nonconvergence`` ("warn"). Layers: ``A`` (W or L, R), ``B``
-    (B, b), ``readout`` (C, D, c).
+    ``newton_steps`` (2), ``on_nonconvergence`` ("warn") (``nets.config.ImplicitConfig``).
+    Layers: ``A`` (W or L, R), ``B`` (B, b), ``readout`` (C, D, c).
     """
 
     family = "implicit"
+    config_class = ImplicitConfig
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
-        super().__init__(input_dim, output_dim)
-        cfg = take_config(cfg, _IMPLICIT_DEFAULTS, self.family)
-        cfg["n"] = check_positive_int(cfg["n"], "n")
-        cfg["rank"] = _check_rank(cfg["rank"], cfg["n"])
-        if not isinstance(cfg["bias"], bool):
-            raise ValueError(f"`bias` must be a bool. Received: bias={cfg['bias']!r}")
-        self.solver = solver_from_config(cfg)
-        cfg["kappa"], cfg["tol"] = float(cfg["kappa"]), float(cfg["tol"])
-        self._config.update(cfg)
+    def _build(self, c: ImplicitConfig) -> None:
         self.core = _ImplicitCore(
-            "implicit", cfg["n"], self.input_dim, self.output_dim, cfg["rank"], cfg["bias"], 0,
-            self.solver, cfg["kappa"],
+            "implicit", c.n, self.input_dim, self.output_dim, c.rank, c.bias, 0, self.solver,
+            c.kappa,
         )  # fmt: skip
         self._specs = list(self.core.specs)
         self._layer_names = ["A", "B", "readout"]
@@ -355,15 +329,8 @@ class ImplicitModel(Net):
         return self.core(params, self.check_inputs(x, params))
 
 
-def default_time_steps(input_dim: int) -> int:
-    """Rows of a square image when ``input_dim`` is a perfect square (8 for 64 = 8×8 digits),
-    otherwise one feature per time step."""
-    r = math.isqrt(input_dim)
-    return r if r * r == input_dim else input_dim
-
-
 @register_family
-class ImplicitRNN(Net):
+class ImplicitRNN(_ImplicitNet):
     """Family ``"implicit_rnn"``: ``h_t = Implicit([x_t; h_{t−1}])``, ``y = Linear(h_T)``.
 
     The flat input ``[batch, input_dim]`` is read as ``time_steps`` steps of
@@ -371,37 +338,20 @@ class ImplicitRNN(Net):
 
     Config keys (defaults): ``hidden`` (16) the recurrent state h; ``n`` (32) implicit states
     per cell; ``time_steps`` (None: ``default_time_steps(input_dim)``, 8 for 64 inputs);
-    ``activation`` ("tanh"), ``rank``, ``bias``, ``kappa`` and solver keys as ``"implicit"``.
-    Layers: ``cell/A``, ``cell/B``, ``cell/readout``, ``readout``.
+    ``activation`` ("tanh"), ``rank``, ``bias``, ``kappa`` and solver keys as ``"implicit"``
+    (``nets.config.ImplicitRNNConfig``). Layers: ``cell/A``, ``cell/B``, ``cell/readout``,
+    ``readout``.
     """
 
     family = "implicit_rnn"
+    config_class = ImplicitRNNConfig
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
-        super().__init__(input_dim, output_dim)
-        defaults = {**_IMPLICIT_DEFAULTS, "n": 32, "activation": "tanh", "hidden": 16}
-        defaults["time_steps"] = None
-        cfg = take_config(cfg, defaults, self.family)
-        cfg["n"] = check_positive_int(cfg["n"], "n")
-        cfg["hidden"] = check_positive_int(cfg["hidden"], "hidden")
-        cfg["rank"] = _check_rank(cfg["rank"], cfg["n"])
-        if cfg["time_steps"] is None:
-            steps = default_time_steps(self.input_dim)
-        else:
-            steps = check_positive_int(cfg["time_steps"], "time_steps")
-        if self.input_dim % steps:
-            raise ValueError(
-                f"`time_steps` must divide input_dim={self.input_dim}. Received: time_steps={steps}"
-            )
-        self.time_steps, self.features = steps, self.input_dim // steps
-        self.solver = solver_from_config(cfg)
-        cfg["kappa"], cfg["tol"] = float(cfg["kappa"]), float(cfg["tol"])
-        self._config.update(cfg)
-        h = cfg["hidden"]
+    def _build(self, c: ImplicitRNNConfig) -> None:
+        self.time_steps, self.features = c.steps_and_features(self.input_dim)
+        h = c.hidden
         self.cell = _ImplicitCore(
-            "cell", cfg["n"], self.features + h, h, cfg["rank"], cfg["bias"], 0, self.solver,
-            cfg["kappa"],
-        )  # fmt: skip
+            "cell", c.n, self.features + h, h, c.rank, c.bias, 0, self.solver, c.kappa
+        )
         self._specs = list(self.cell.specs)
         self._specs.append(ParamSpec("readout/kernel", (h, self.output_dim), 3, 1 / math.sqrt(h)))
         self._specs.append(ParamSpec("readout/bias", (self.output_dim,), 3, 0.0))
@@ -429,15 +379,8 @@ class ImplicitRNN(Net):
         return dense(h, kernel, bias)
 
 
-def autoencoder_widths(hidden_layer_num: int, start_layer: int, latent_num: int) -> list[int]:
-    """Encoder widths: ``hidden_layer_num`` layers from ``start_layer`` linearly towards
-    ``latent_num`` (exclusive); the latent layer and the mirrored decoder follow."""
-    h = hidden_layer_num
-    return [round(start_layer + (latent_num - start_layer) * i / h) for i in range(h)]
-
-
 @register_family
-class ImplicitAutoencoder(Net):
+class ImplicitAutoencoder(_ImplicitNet):
     """Family ``"implicit_autoencoder"``: the (hidden_layer_num; start_layer; latent_num) family.
 
     Encoder: ``hidden_layer_num`` dense layers (widths from ``start_layer`` linearly towards
@@ -452,75 +395,53 @@ class ImplicitAutoencoder(Net):
       well-posed exactly when the latent block is), solved like ``"implicit"``.
 
     Config keys (defaults): ``hidden_layer_num`` (1), ``start_layer`` (32), ``latent_num`` (8),
-    ``version`` ("v1"), ``activation`` ("tanh"), ``kappa`` and solver keys as ``"implicit"``.
+    ``version`` ("v1"), ``activation`` ("tanh"), ``kappa`` and solver keys as ``"implicit"``
+    (``nets.config.ImplicitAutoencoderConfig``).
     """
 
     family = "implicit_autoencoder"
+    config_class = ImplicitAutoencoderConfig
     task = "reconstruction"
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
-        super().__init__(input_dim, output_dim)
-        if self.output_dim != self.input_dim:
-            raise ValueError(
-                "an autoencoder reconstructs its input: `output_dim` must equal `input_dim`. "
-                f"Received: input_dim={input_dim}, output_dim={output_dim}"
-            )
-        defaults = {"hidden_layer_num": 1, "start_layer": 32, "latent_num": 8, "version": "v1"}
-        defaults.update({**SOLVER_DEFAULTS, "activation": "tanh"})
-        cfg = take_config(cfg, defaults, self.family)
-        hl = check_positive_int(cfg["hidden_layer_num"], "hidden_layer_num")
-        start = check_positive_int(cfg["start_layer"], "start_layer")
-        latent = check_positive_int(cfg["latent_num"], "latent_num")
-        if cfg["version"] not in ("v0", "v1"):
-            raise ValueError(
-                f"`version` must be 'v0' or 'v1'. Received: version={cfg['version']!r}"
-            )
-        self.solver = solver_from_config(cfg)
-        cfg["kappa"], cfg["tol"] = float(cfg["kappa"]), float(cfg["tol"])
-        self._config.update(cfg)
-        self._phi = activation_fn(cfg["activation"])
-        enc = autoencoder_widths(hl, start, latent)
-        self.encoder_widths = enc
+    def _build(self, c: ImplicitAutoencoderConfig) -> None:
+        self._phi = activation_fn(c.activation)
+        hl = c.hidden_layer_num
+        self.encoder_widths = c.encoder_widths()
         names = [f"enc{i}" for i in range(hl)] + ["latent"]
         names += [f"dec{i}" for i in range(hl)] + ["out"]
-        widths = [self.input_dim, *enc, latent, *enc[::-1], self.input_dim]
+        widths = c.widths(self.input_dim)
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             self._specs.append(ParamSpec(f"{names[i]}/kernel", (a, b), i, 1.0 / math.sqrt(a)))
             self._specs.append(ParamSpec(f"{names[i]}/bias", (b,), i, 0.0))
-            if names[i] == "latent" and cfg["version"] == "v1":
+            if names[i] == "latent" and c.version == "v1":
                 self._specs.append(ParamSpec("latent/A", (b, b), i, 1.0 / math.sqrt(b)))
         self._layer_names = names
         self._latent_index = hl
 
-    @tf.autograph.experimental.do_not_convert
-    def apply(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The reconstruction ``[batch, input_dim]`` of ``x`` ``[batch, input_dim]``."""
+    def _hidden(
+        self, params: Sequence[tf.Tensor], x: tf.Tensor, n_layers: int
+    ) -> tuple[tf.Tensor, Iterator[tf.Tensor]]:
+        """The activations after the first ``n_layers`` (non-readout) layers, and the
+        parameters of the layers after them."""
         params = self.check_params(params)
         h = self.check_inputs(x, params)
         it = iter(params)
-        n_layers = len(self._layer_names)
         for i in range(n_layers):
-            kernel, bias = next(it), next(it)
-            pre = dense(h, kernel, bias)
-            if i == n_layers - 1:
-                return pre
-            if i == self._latent_index and self._config["version"] == "v1":
-                a = well_posed(next(it), self._config["kappa"])
-                h = self.solver(a, pre)
-            else:
-                h = self._phi(pre)
-        raise AssertionError("unreachable")
-
-    def latent(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The latent code ``[batch, latent_num]`` of ``x``."""
-        params = self.check_params(params)
-        h = self.check_inputs(x, params)
-        it = iter(params)
-        for i in range(self._latent_index + 1):
             kernel, bias = next(it), next(it)
             pre = dense(h, kernel, bias)
             if i == self._latent_index and self._config["version"] == "v1":
                 h = self.solver(well_posed(next(it), self._config["kappa"]), pre)
             else:
                 h = self._phi(pre)
-        return h
+        return h, it
+
+    @tf.autograph.experimental.do_not_convert
+    def apply(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """The reconstruction ``[batch, input_dim]`` of ``x`` ``[batch, input_dim]``."""
+        h, it = self._hidden(params, x, len(self._layer_names) - 1)
+        kernel, bias = next(it), next(it)
+        return dense(h, kernel, bias)
+
+    def latent(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """The latent code ``[batch, latent_num]`` of ``x``."""
+        return self._hidden(params, x, self._latent_index + 1)[0]

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
-
-from nets.base import Net, build_net
+from revhpo.nets.base import Net, build_net
 
 keras = tf.keras
 

@@ -7,16 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
-
-from nets.base import (
-    ACTIVATIONS,
-    Net,
-    ParamSpec,
-    activation_fn,
-    check_sizes,
-    register_family,
-    take_config,
-)
+from revhpo.nets.base import Net, ParamSpec, activation_fn, register_family
+from revhpo.nets.config import MLPConfig
 
 
 def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
@@ -29,25 +21,20 @@ def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None) -> tf.Tensor:
 class MLP(Net):
     """A multilayer perceptron: ``sizes`` hidden layers, then a linear readout.
 
-    Config keys (defaults): ``sizes`` ([50, 50]) hidden widths; ``activation`` ("tanh") one of
-    tanh, relu, softplus, sigmoid. Parameters: ``dense{i}/kernel`` ``[fan_in, fan_out]``
-    (default init N(0, 1/fan_in)) and ``dense{i}/bias`` (zeros); one layer per dense layer.
+    Config keys (defaults; ``nets.config.MLPConfig``): ``sizes`` ([50, 50]) hidden widths;
+    ``activation`` ("tanh") one of tanh, relu, softplus, sigmoid. Parameters:
+    ``dense{i}/kernel`` ``[fan_in, fan_out]`` (default init N(0, 1/fan_in)) and
+    ``dense{i}/bias`` (zeros); one layer per dense layer.
     """
 
     family = "mlp"
+    config_class = MLPConfig
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
+    def __init__(self, cfg: MLPConfig | dict[str, Any], input_dim: int, output_dim: int) -> None:
         super().__init__(input_dim, output_dim)
-        cfg = take_config(cfg, {"sizes": [50, 50], "activation": "tanh"}, self.family)
-        cfg["sizes"] = check_sizes(cfg["sizes"])
-        if cfg["activation"] not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation` must be one of {ACTIVATIONS}. Received: activation="
-                f"{cfg['activation']!r}"
-            )
-        self._config.update(cfg)
-        self._phi = activation_fn(cfg["activation"])
-        widths = [self.input_dim, *cfg["sizes"], self.output_dim]
+        c: MLPConfig = self.take_config(cfg)
+        self._phi = activation_fn(c.activation)
+        widths = c.widths(self.input_dim, self.output_dim)
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             self._layer_names.append(f"dense{i}")
             self._specs.append(ParamSpec(f"dense{i}/kernel", (a, b), i, 1.0 / math.sqrt(a)))

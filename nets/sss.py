@@ -25,43 +25,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
-
-from nets.base import (
-    ACTIVATIONS,
-    Net,
-    ParamSpec,
-    activation_fn,
-    check_positive_int,
-    check_sizes,
-    register_family,
-    take_config,
+from revhpo.nets.base import Net, ParamSpec, activation_fn, register_family
+from revhpo.nets.config import (  # noqa: F401 (the count and the shapes re-exported)
+    Rank1Config,
+    SSSConfig,
+    sss_generator_shapes,
+    sss_param_count,
 )
-from nets.mlp import dense
+from revhpo.nets.mlp import dense
 
 # Default init: each dense-equivalent entry has variance ≈ 1/fan_in on the diagonal and next
 # blocks, decaying by RHO² per block of distance (so E‖y‖² ≈ ‖x‖²·fan_out/fan_in, like a
 # 1/√fan_in dense layer): half of the variance on the diagonal, a quarter on each side.
 RHO = 0.5
-
-
-def sss_generator_shapes(blocks: int, state: int, m: int, p: int) -> list[tuple[str, tuple]]:
-    """The generator tensors of one SSS matrix, in parameter order: ``(name, shape)``."""
-    k, d = blocks, state
-    out: list[tuple[str, tuple]] = [("D", (k, p, m))]
-    if k >= 2:
-        out += [("B", (k - 1, d, m)), ("C", (k - 1, p, d))]
-        if k >= 3:
-            out.append(("A", (k - 2, d, d)))
-        out += [("H", (k - 1, d, m)), ("G", (k - 1, p, d))]
-        if k >= 3:
-            out.append(("E", (k - 2, d, d)))
-    return out
-
-
-def sss_param_count(blocks: int, state: int, m: int, p: int) -> int:
-    """``K·p·m + 2(K−1)·d·(m + p) + 2·max(K−2, 0)·d²`` (generators only, no bias)."""
-    k, d = blocks, state
-    return k * p * m + 2 * (k - 1) * d * (m + p) + 2 * max(k - 2, 0) * d * d
 
 
 def _sss_std(name: str, state: int, m: int) -> float:
@@ -169,21 +145,14 @@ class _StructuredMLP(Net):
     def _hidden_apply(self, i: int, params: list[tf.Tensor], h: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
-    def _build(self, cfg: dict[str, Any]) -> None:
-        cfg["sizes"] = check_sizes(cfg["sizes"])
-        if cfg["activation"] not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation` must be one of {ACTIVATIONS}. "
-                f"Received: activation={cfg['activation']!r}"
-            )
-        self._config.update(cfg)
-        self._phi = activation_fn(cfg["activation"])
-        widths = [self.input_dim, *cfg["sizes"], self.output_dim]
-        n_struct = len(cfg["sizes"]) + (1 if cfg.get("output") == self.structure else 0)
+    def _build(self, c: SSSConfig | Rank1Config) -> None:
+        self._phi = activation_fn(c.activation)
+        layers = c.layers(self.input_dim, self.output_dim)
+        n_struct = c.n_structured()
         self._groups: list[list[int]] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for i, (a, b, structured) in enumerate(layers):
             start = len(self._specs)
-            if i < n_struct:
+            if structured:
                 self._layer_names.append(f"{self.structure}{i}")
                 self._specs += self._hidden_specs(i, a, b)
                 self._specs.append(ParamSpec(f"{self.structure}{i}/bias", (b,), i, 0.0))
@@ -220,36 +189,25 @@ class _StructuredMLP(Net):
 class SSSMLP(_StructuredMLP):
     """Family ``"sss"``: hidden layers whose weight matrices are sequentially semiseparable.
 
-    Config keys (defaults): ``sizes`` ([256, 256]) hidden widths; ``blocks`` (8) K; ``state``
-    (4) d; ``activation`` ("tanh"); ``output`` ("dense": a dense readout; "sss": the readout is
-    SSS too). Every SSS layer's fan-in and fan-out must be divisible by ``blocks``.
-    Parameters of SSS layer i: ``sss{i}/D, B, C, A, H, G, E`` (see the module docstring) and
-    ``sss{i}/bias``.
+    Config keys (defaults; ``nets.config.SSSConfig``): ``sizes`` ([256, 256]) hidden widths;
+    ``blocks`` (8) K; ``state`` (4) d; ``activation`` ("tanh"); ``output`` ("dense": a dense
+    readout; "sss": the readout is SSS too). Every SSS layer's fan-in and fan-out must be
+    divisible by ``blocks``. Parameters of SSS layer i: ``sss{i}/D, B, C, A, H, G, E`` (see
+    the module docstring) and ``sss{i}/bias``.
     """
 
     family = "sss"
+    config_class = SSSConfig
     structure = "sss"
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
+    def __init__(self, cfg: SSSConfig | dict[str, Any], input_dim: int, output_dim: int) -> None:
         super().__init__(input_dim, output_dim)
-        defaults = {"sizes": [256, 256], "blocks": 8, "state": 4, "activation": "tanh"}
-        defaults["output"] = "dense"
-        cfg = take_config(cfg, defaults, self.family)
-        self.blocks = check_positive_int(cfg["blocks"], "blocks")
-        self.state = check_positive_int(cfg["state"], "state")
-        if cfg["output"] not in ("dense", "sss"):
-            raise ValueError(
-                f"`output` must be 'dense' or 'sss'. Received: output={cfg['output']!r}"
-            )
-        self._build(cfg)
+        c: SSSConfig = self.take_config(cfg)  # checks that `blocks` divides every SSS width
+        self.blocks, self.state = c.blocks, c.state
+        self._build(c)
 
     def _hidden_specs(self, i: int, fan_in: int, fan_out: int) -> list[ParamSpec]:
         k = self.blocks
-        if fan_in % k or fan_out % k:
-            raise ValueError(
-                f"`blocks` must divide the fan-in and fan-out of every SSS layer; layer {i} is "
-                f"{fan_in} -> {fan_out}. Received: blocks={k}"
-            )
         m, p = fan_in // k, fan_out // k
         return [
             ParamSpec(f"sss{i}/{name}", shape, i, _sss_std(name, self.state, m))
@@ -280,18 +238,19 @@ class SSSMLP(_StructuredMLP):
 class Rank1MLP(_StructuredMLP):
     """Family ``"rank1"``: hidden layers with rank-1 weights ``W = u vᵀ`` (the SSS baseline).
 
-    Config keys (defaults): ``sizes`` ([256, 256]); ``activation`` ("tanh"). Parameters of
-    hidden layer i: ``rank1{i}/u`` ``[fan_out]`` (init N(0, 1)), ``rank1{i}/v`` ``[fan_in]``
-    (init N(0, 1/fan_in)), ``rank1{i}/bias``; the readout is dense.
+    Config keys (defaults; ``nets.config.Rank1Config``): ``sizes`` ([256, 256]);
+    ``activation`` ("tanh"). Parameters of hidden layer i: ``rank1{i}/u`` ``[fan_out]`` (init
+    N(0, 1)), ``rank1{i}/v`` ``[fan_in]`` (init N(0, 1/fan_in)), ``rank1{i}/bias``; the
+    readout is dense.
     """
 
     family = "rank1"
+    config_class = Rank1Config
     structure = "rank1"
 
-    def __init__(self, cfg: dict[str, Any], input_dim: int, output_dim: int) -> None:
+    def __init__(self, cfg: Rank1Config | dict[str, Any], input_dim: int, output_dim: int) -> None:
         super().__init__(input_dim, output_dim)
-        cfg = take_config(cfg, {"sizes": [256, 256], "activation": "tanh"}, self.family)
-        self._build(cfg)
+        self._build(self.take_config(cfg))
 
     def _hidden_specs(self, i: int, fan_in: int, fan_out: int) -> list[ParamSpec]:
         return [

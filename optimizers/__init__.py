@@ -1,36 +1,48 @@
-"""Reversible SGD with momentum, hypergradients, and the references they are checked against.
+"""The exact engine, hyperparameter parametrisations, meta-optimizers and the tuning loop.
 
-Knows a training loss ``L(w, θ, t)`` and a validation loss ``f(w)``; knows nothing of nets
-or the service.
+The library entry point a Python user calls (no files, no HTTP)::
+
+    from revhpo.optimizers import Tuner, TunerConfig, TuningProblem
+
+Knows a training loss ``L(w, θ, t[, key])`` and a validation loss ``f(w)``; knows nets only
+through their functional contract and nothing of the service. Names are imported lazily, so
+``revhpo.optimizers.granularity`` (TensorFlow-free) can be used without TensorFlow.
 """
 
-import os
+from revhpo._lazy import lazy_exports
 
-# Exact reversal needs the reverse pass to recompute each gradient bit for bit. oneDNN's
-# float32 CPU kernels can round differently in the forward and the reverse graph, so they are
-# off unless the user chose otherwise before TensorFlow was first imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from optimizers.reversible import (
-    DivergenceError,
-    ExactnessCertificate,
-    ExactnessError,
-    HypergradResult,
-    hypergradient,
-    make_stepper,
-    minibatch_indices,
-)
-from optimizers.unrolled import PlainSGD, plain_sgd, unrolled_hypergradient
-
-__all__ = [
-    "DivergenceError",
-    "ExactnessCertificate",
-    "ExactnessError",
-    "HypergradResult",
-    "PlainSGD",
-    "hypergradient",
-    "make_stepper",
-    "minibatch_indices",
-    "plain_sgd",
-    "unrolled_hypergradient",
-]
+_EXPORTS = {
+    # the exact engine and its references
+    "DivergenceError": "reversible",
+    "ExactnessCertificate": "reversible",
+    "ExactnessError": "reversible",
+    "HypergradResult": "reversible",
+    "hypergradient": "reversible",
+    "make_stepper": "reversible",
+    "minibatch_indices": "reversible",
+    "PlainSGD": "unrolled",
+    "unrolled_hypergradient": "unrolled",
+    # hyperparameters
+    "GRANULARITIES": "granularity",
+    "HyperGroup": "hyperparams",
+    "Hypers": "hyperparams",
+    "Layout": "hyperparams",
+    "Parametrization": "hyperparams",
+    # meta-optimizers
+    "MetaOptimizer": "meta",
+    "make_meta_optimizer": "meta",
+    # problems and the tuning loop
+    "ArraySplits": "problem",
+    "EVAL_SEED_OFFSET": "problem",
+    "Evaluation": "problem",
+    "TuningProblem": "problem",
+    "training_seed": "problem",
+    "Cancelled": "tuner",
+    "MetaState": "state",
+    "Tuner": "tuner",
+    "TunerConfig": "tuner",
+    "TuningOutcome": "tuner",
+    "CheckpointError": "checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,9 +15,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-
-from optimizers.reversible import TrainLoss, ValLoss, hypergradient, make_stepper, minibatch_indices
-from optimizers.unrolled import PlainSGD, unrolled_hypergradient
+from revhpo.optimizers.reversible import (
+    TrainLoss,
+    ValLoss,
+    hypergradient,
+    make_stepper,
+    minibatch_indices,
+)
+from revhpo.optimizers.unrolled import PlainSGD, unrolled_hypergradient
 
 
 def mlp_problem(
@@ -135,7 +140,7 @@ def peak_memory(method: str, sizes: Sequence[int], steps: int, batch: int = 200)
     """Peak resident memory (MiB) of one run of ``method`` in a fresh subprocess."""
     code = (
         "import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2');"
-        "from optimizers.benchmark import _peak_rss_child as c;"
+        "from revhpo.optimizers.benchmark import _peak_rss_child as c;"
         f"c({method!r}, {list(sizes)!r}, {steps}, {batch})"
     )
     out = subprocess.run(

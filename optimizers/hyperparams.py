@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from revhpo.optimizers.granularity import GRANULARITIES, GROUPS, check_granularity
 
 __all__ = [
+    "GRANULARITIES",
     "GROUPS",
     "HyperGroup",
     "Hypers",
@@ -32,20 +34,6 @@ __all__ = [
     "from_unconstrained",
     "to_unconstrained",
 ]
-
-#: name → (unconstrained transform, raw-array key)
-GROUPS: dict[str, tuple[str, str]] = {
-    "learning_rate": ("log", "log_learning_rate"),
-    "momentum": ("logit", "logit_momentum"),
-    "weight_decay": ("log", "log_weight_decay"),
-    "init_scale": ("log", "log_init_scale"),
-}
-_ALLOWED = {
-    "learning_rate": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
-    "momentum": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
-    "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
-    "init_scale": ("scalar", "per_layer"),
-}
 
 
 def to_unconstrained(value: float | np.ndarray, transform: str) -> np.ndarray:
@@ -84,13 +72,7 @@ class HyperGroup:
     granularity: str = "scalar"
 
     def __post_init__(self) -> None:
-        if self.name not in GROUPS:
-            raise ValueError(f"unknown hyperparameter group. Received: name={self.name!r}")
-        if self.granularity not in _ALLOWED[self.name]:
-            raise ValueError(
-                f"`granularity` of {self.name} must be one of {list(_ALLOWED[self.name])}. "
-                f"Received: granularity={self.granularity!r}"
-            )
+        check_granularity(self.name, self.granularity)
         if self.name == "momentum" and not 0 < self.init < 1:
             raise ValueError(f"momentum `init` must be in (0, 1). Received: init={self.init!r}")
         if self.name == "weight_decay" and self.init < 0:
@@ -124,6 +106,11 @@ class Layout:
     steps: int
     param_layers: tuple[int, ...]
     param_shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def for_net(cls, net: Any, steps: int) -> Layout:
+        """The layout of training ``net`` (a :mod:`revhpo.nets` net) for ``steps`` steps."""
+        return cls(int(steps), tuple(net.param_layers), tuple(tuple(s) for s in net.param_shapes))
 
     @property
     def n_layers(self) -> int:

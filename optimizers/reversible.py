@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-
-from hessian import grad_hvp_mixed
-from precise import (
+from revhpo.hessian import grad_hvp_mixed
+from revhpo.precise import (
     DEFAULT_FRAC_BITS,
     DEFAULT_MAX_DENOMINATOR,
     InfoBuffer,
@@ -50,7 +49,10 @@ from precise import (
     to_float,
 )
 
-TrainLoss = Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor], tf.Tensor], tf.Tensor]
+from revhpo.runtime import require_exact_ops
+
+#: ``L(w, θ, t)`` or ``L(w, θ, t, key)`` (see :func:`hypergradient`'s ``key``).
+TrainLoss = Callable[..., tf.Tensor]
 ValLoss = Callable[[Sequence[tf.Tensor]], tf.Tensor]
 Callback = Callable[[str, int, int], None]
 
@@ -271,7 +273,11 @@ class _Stepper:
             new_regs.append(reg)
         return (new_w, new_v, new_regs, ok) + (() if shifts is None else (lo,))
 
-    def _forward(self, w_p, v_p, r_p, alpha, omg, n, d, theta, t, layout, shifts=None):
+    def _loss(self, w, theta, t, key):
+        """``L(w, θ, t)``, or ``L(w, θ, t, key)`` when the caller passed a data key."""
+        return self.train_loss(w, theta, t) if key is None else self.train_loss(w, theta, t, key)
+
+    def _forward(self, w_p, v_p, r_p, alpha, omg, n, d, theta, t, key, layout, shifts=None):
         """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out].
 
         The state is packed: weights, velocities and registers as one flat tensor each
@@ -284,7 +290,7 @@ class _Stepper:
         theta = [tf.cast(x, self.dtype) for x in theta]
         with tf.GradientTape() as tape:
             tape.watch(w)
-            loss = self.train_loss(w, theta, t)
+            loss = self._loss(w, theta, t, key)
         grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         out = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts)
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
@@ -344,6 +350,7 @@ class _Stepper:
         gamma,
         theta,
         t,
+        key,
         layout,
         shifts=None,
         lo=None,
@@ -358,7 +365,7 @@ class _Stepper:
         u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
         theta_c = [tf.cast(x, self.dtype) for x in theta]
         _, grads, hu, mixed = grad_hvp_mixed(
-            lambda w_, th_: self.train_loss(w_, th_, t), self._weights(prev_w), theta_c, u
+            lambda w_, th_: self._loss(w_, th_, t, key), self._weights(prev_w), theta_c, u
         )
         prev_v, new_regs, new_dw, new_dv, d_gamma = self._undo_vel(
             v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma, groups, shifts, lo
@@ -374,6 +381,253 @@ class _Stepper:
         return packed + (new_dtheta, d_alpha, d_gamma)
 
 
+@dataclass(frozen=True)
+class _Schedules:
+    """The ``[T, K]`` schedules as the steps take them: γ as exact rationals ``n/d``, and
+    every row a tensor made once (per-call conversion is host time)."""
+
+    alpha: np.ndarray
+    gamma_applied: np.ndarray
+    rats: list[list[Rational]]
+    alpha_rows: list[tf.Tensor]
+    omg_rows: list[tf.Tensor]
+    n_rows: list[tf.Tensor]
+    d_rows: list[tf.Tensor]
+    gamma_rows: list[tf.Tensor]
+    t_rows: list[tf.Tensor]
+
+    @property
+    def steps(self) -> int:
+        """T."""
+        return self.alpha.shape[0]
+
+
+def _schedules(alpha: Any, gamma: Any, k: int, max_denominator: int) -> _Schedules:
+    """Validate ``[T, K]`` schedules and rationalise γ (``1 − γ`` is applied as ``(d−n)/d``)."""
+    alpha_np = _schedule(alpha, "alpha", k)
+    gamma_np = _schedule(gamma, "gamma", k)
+    if alpha_np.shape != gamma_np.shape:
+        raise ValueError(
+            f"`alpha` and `gamma` must have the same shape. Received: {alpha_np.shape} "
+            f"and {gamma_np.shape}"
+        )
+    rats = _rationals(gamma_np, max_denominator)
+    n_all = np.array([[r.n for r in row] for row in rats], dtype=np.int64).reshape(gamma_np.shape)
+    d_all = np.array([[r.d for r in row] for row in rats], dtype=np.int64).reshape(gamma_np.shape)
+    n_steps = alpha_np.shape[0]
+    return _Schedules(
+        alpha=alpha_np,
+        gamma_applied=n_all / d_all,
+        rats=rats,
+        alpha_rows=_rows(alpha_np),
+        omg_rows=_rows((d_all - n_all) / d_all),
+        n_rows=_rows(n_all),
+        d_rows=_rows(d_all),
+        gamma_rows=_rows(n_all / d_all),
+        t_rows=tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else [],
+    )
+
+
+class _ExactState:
+    """The packed exact state of one run: weights, velocities and buffer registers as one flat
+    int64 tensor each, the buffers' host words, and the initial weights for the certificate.
+
+    Invariant: between steps ``w_p``, ``v_p``, ``r_p`` hold the state after the last step
+    (forward) or before the step just undone (reverse).
+    """
+
+    def __init__(self, w0: Sequence[tf.Tensor], frac_bits: int) -> None:
+        w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
+        self.frac_bits = frac_bits
+        self.shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
+        self.buffers = [InfoBuffer(x.shape) for x in w_ints]
+        self.layout = (
+            self.shapes,
+            tuple(b.group for b in self.buffers),
+            tuple(b.registers for b in self.buffers),
+        )
+        self.w_start = w_ints  # immutable tensors: a reference is a copy
+        self.w_p = _pack(w_ints)
+        self.v_p = tf.zeros_like(self.w_p)  # v_0 = 0
+        self.r_p = _gather_registers(self.buffers)
+
+    def weights(self, dtype: tf.DType) -> list[tf.Tensor]:
+        """The current weights as floats of ``dtype``."""
+        return [to_float(q, self.frac_bits, dtype) for q in _unpack(self.w_p, self.shapes)]
+
+    def n_weights(self) -> int:
+        """N, the number of scalar weights."""
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    def spill(self) -> tuple[float, float]:
+        """Move every register's words to host memory (between the passes only host words are
+        held); returns ``(bits held, information bound)`` per weight."""
+        _scatter_registers(self.buffers, self.r_p)
+        for b in self.buffers:
+            b.flush()
+        n = max(self.n_weights(), 1)
+        held = sum(b.bits_held() * b.shape.num_elements() for b in self.buffers)
+        bound = sum(b.info_bits * b.shape.num_elements() for b in self.buffers)
+        for b in self.buffers:
+            b.restore()
+        self.r_p = _gather_registers(self.buffers)
+        return held / n, bound / n
+
+    def certify(self, bits_held: float, info_bound: float) -> ExactnessCertificate:
+        """Compare the recovered state with the start: equal weights, zero velocities, empty
+        buffers (all with equality on the integers)."""
+        _scatter_registers(self.buffers, self.r_p)
+        w_ints = _unpack(self.w_p, self.shapes)
+        return ExactnessCertificate(
+            exact_w0=all(
+                bool(tf.reduce_all(a == b)) for a, b in zip(w_ints, self.w_start, strict=True)
+            ),
+            exact_v0=not bool(tf.reduce_any(self.v_p != 0)),
+            buffer_empty=all(b.is_empty() for b in self.buffers),
+            bits_held=bits_held,
+            info_bound_bits=info_bound,
+        )
+
+
+def _divergence(flags: list, losses: list, upto: int, frac_bits: int) -> DivergenceError | None:
+    """The error for the first failed step among the last ``len(flags)`` (None if all ok)."""
+    bad = [i for i, f in enumerate(flags) if not bool(f)]
+    if not bad:
+        return None
+    step = upto - len(flags) + bad[0]
+    loss = float(losses[step])
+    if not np.isfinite(loss):
+        return DivergenceError(step, f"non-finite training loss ({loss})")
+    return DivergenceError(
+        step,
+        "non-finite gradient or fixed-point overflow "
+        f"(|w|, |v| must stay below {max_abs_value(frac_bits):g})",
+    )
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What the forward and the reverse pass of one run share: the compiled steps, the
+    schedules, θ, the data key and the progress callback."""
+
+    st: _Stepper
+    sc: _Schedules
+    theta: list[tf.Tensor]
+    key: tf.Tensor | None
+    callback: Callback | None
+
+
+def _forward_pass(p: _Pass, run: _ExactState) -> list[tf.Tensor]:
+    """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}``; returns the per-step training losses.
+
+    The bits each ``γ`` multiplication destroys stay in the registers; a register about to
+    overflow its word moves one word out to host memory first (``before_mul``/``after_mul``).
+    Divergence flags are read from the device every ``_CHECK_EVERY`` steps.
+
+    Raises:
+        DivergenceError: non-finite loss or gradient, or fixed-point overflow.
+    """
+    losses: list[tf.Tensor] = []
+    flags: list[tf.Tensor] = []
+    compiled: dict[bool, Any] = {}
+    for t in range(p.sc.steps):
+        plans = [b.before_mul(p.sc.rats[t][i]) for i, b in enumerate(run.buffers)]
+        spill = any(plan is not None for plan in plans)
+        args = (
+            run.w_p,
+            run.v_p,
+            run.r_p,
+            p.sc.alpha_rows[t],
+            p.sc.omg_rows[t],
+            p.sc.n_rows[t],
+            p.sc.d_rows[t],
+            p.theta,
+            p.sc.t_rows[t],
+            p.key,
+            run.layout,
+            _shift_tensors(plans, run.buffers) if spill else None,
+        )
+        if spill not in compiled:
+            compiled[spill] = p.st.forward.get_concrete_function(*args)
+        run.w_p, run.v_p, run.r_p, ok, loss, *moved = compiled[spill](*args)
+        if spill:
+            for b, plan, lo in zip(run.buffers, plans, moved[0], strict=True):
+                if plan is not None:
+                    b.after_mul(lo.numpy())
+        losses.append(loss)
+        flags.append(ok)
+        if len(flags) >= _CHECK_EVERY or t == p.sc.steps - 1:
+            err = _divergence(flags, losses, t + 1, run.frac_bits)
+            if err is not None:
+                raise err
+            flags.clear()
+        if p.callback:
+            p.callback("forward", t + 1, p.sc.steps)
+    return losses
+
+
+def _validation_adjoint(
+    val_loss: ValLoss, w_final: list[tf.Tensor], steps: int
+) -> tuple[float, list[tf.Tensor]]:
+    """``f(w_T)`` and ``dw = ∇f(w_T)`` (float64), the reverse pass's starting adjoint."""
+    with tf.GradientTape() as tape:
+        tape.watch(w_final)
+        f_val = val_loss(w_final)
+    grads = tape.gradient(f_val, w_final, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if not np.isfinite(float(f_val)):
+        raise DivergenceError(steps, f"non-finite validation loss ({float(f_val)})")
+    return float(f_val), [tf.cast(g, tf.float64) for g in grads]
+
+
+def _reverse_pass(
+    p: _Pass, run: _ExactState, dw: list[tf.Tensor]
+) -> tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]:
+    """Undo the T steps exactly, from ``dw = ∇f(w_T)``, ``dv = 0``, accumulating adjoints.
+
+    Returns:
+        ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
+    """
+    dw_p, dv_p = _pack(dw), tf.zeros_like(_pack(dw))
+    dtheta = [tf.zeros_like(x) for x in p.theta]
+    d_alpha = np.zeros_like(p.sc.alpha)
+    d_gamma = np.zeros_like(p.sc.alpha)
+    compiled: dict[bool, Any] = {}
+    for t in reversed(range(p.sc.steps)):
+        plans = [b.before_div(p.sc.rats[t][i]) for i, b in enumerate(run.buffers)]
+        spill = any(plan[0] is not None for plan in plans)
+        args = (
+            run.w_p,
+            run.v_p,
+            run.r_p,
+            dw_p,
+            dv_p,
+            dtheta,
+            p.sc.alpha_rows[t],
+            p.sc.omg_rows[t],
+            p.sc.n_rows[t],
+            p.sc.d_rows[t],
+            p.sc.gamma_rows[t],
+            p.theta,
+            p.sc.t_rows[t],
+            p.key,
+            run.layout,
+            _shift_tensors([plan[0] for plan in plans], run.buffers) if spill else None,
+            _word_tensors(plans, run.buffers) if spill else None,
+        )
+        if spill not in compiled:
+            compiled[spill] = p.st.reverse.get_concrete_function(*args)
+        run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = compiled[spill](*args)
+        d_alpha[t] = da.numpy()
+        d_gamma[t] = dg.numpy()
+        if p.callback:
+            p.callback("reverse", p.sc.steps - t, p.sc.steps)
+    return d_alpha, d_gamma, dtheta, _unpack(dw_p, run.shapes)
+
+
+def _key_tensor(key: int | tf.Tensor | None) -> tf.Tensor | None:
+    return None if key is None else tf.convert_to_tensor(key, tf.int64)
+
+
 def hypergradient(
     train_loss: TrainLoss,
     val_loss: ValLoss,
@@ -382,6 +636,7 @@ def hypergradient(
     gamma: tf.Tensor | np.ndarray,
     theta: Sequence[tf.Tensor] = (),
     *,
+    key: int | tf.Tensor | None = None,
     dtype: tf.DType = tf.float64,
     frac_bits: int = DEFAULT_FRAC_BITS,
     max_denominator: int = DEFAULT_MAX_DENOMINATOR,
@@ -391,12 +646,15 @@ def hypergradient(
     """Train exactly forward, then exactly backward, returning hypergradients of ``val_loss``.
 
     Args:
-        train_loss: ``L(w, theta, t)``, deterministic in its arguments (no hidden state).
+        train_loss: ``L(w, theta, t)``, or ``L(w, theta, t, key)`` when ``key`` is given;
+            deterministic in its arguments (no hidden state).
         val_loss: ``f(w)``, the objective evaluated at the final weights.
         w0: initial weights, one tensor per parameter tensor (``K`` of them).
         alpha: learning rates, shape ``[T, K]``.
         gamma: momentum decays in (0, 1], shape ``[T, K]``; applied as exact rationals.
         theta: hyperparameters of ``train_loss`` (e.g. weight decay), differentiated too.
+        key: a data key (int64 scalar, e.g. the training seed that picks the minibatches)
+            passed unchanged to ``train_loss``; changing it does not recompile the steps.
         dtype: dtype the losses are evaluated in (the state is always exact int64).
         frac_bits: fractional bits of the fixed-point state.
         max_denominator: largest denominator of the rationals used for ``gamma``.
@@ -407,185 +665,56 @@ def hypergradient(
         A :class:`HypergradResult`; its certificate is always ``ok``.
 
     Note:
-        Turns on ``tf.config.experimental.enable_op_determinism()`` (process-wide): the
-        reverse pass must recompute each forward gradient bit for bit.
+        Calls :func:`revhpo.runtime.require_exact_ops` (TensorFlow op determinism, process-wide):
+        the reverse pass must recompute each forward gradient bit for bit.
 
     Raises:
         DivergenceError: non-finite loss or gradient, or fixed-point overflow (names the step).
         ExactnessError: the reversal was not bit-exact.
         ValueError: malformed schedules.
     """
-    # Exactness needs the reverse pass to recompute every gradient bit for bit.
-    tf.config.experimental.enable_op_determinism()
-    k = len(w0)
-    alpha_np = _schedule(alpha, "alpha", k)
-    gamma_np = _schedule(gamma, "gamma", k)
-    if alpha_np.shape != gamma_np.shape:
-        raise ValueError(
-            f"`alpha` and `gamma` must have the same shape. Received: {alpha_np.shape} "
-            f"and {gamma_np.shape}"
-        )
-    n_steps = alpha_np.shape[0]
-    rats = _rationals(gamma_np, max_denominator)
-    n_all = np.array([[r.n for r in row] for row in rats], dtype=np.int64)
-    d_all = np.array([[r.d for r in row] for row in rats], dtype=np.int64)
-    gamma_applied = n_all / d_all
-    omg_all = (d_all - n_all) / d_all  # 1 − γ, as applied
+    require_exact_ops()
+    sc = _schedules(alpha, gamma, len(w0), max_denominator)
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
-    st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
+    st = stepper or _Stepper(train_loss, len(w0), dtype, frac_bits)
 
     t0 = time.perf_counter()
-    w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
-    w_start = [x for x in w_ints]  # immutable tensors: a reference is a copy
-    buffers = [InfoBuffer(x.shape) for x in w_ints]
-    losses, flags = [], []
-
-    def check(upto: int) -> None:
-        bad = [i for i, f in enumerate(flags) if not bool(f)]
-        if bad:
-            step = upto - len(flags) + bad[0]
-            loss = float(losses[step])
-            reason = (
-                f"non-finite training loss ({loss})"
-                if not np.isfinite(loss)
-                else "non-finite gradient or fixed-point overflow "
-                f"(|w|, |v| must stay below {max_abs_value(frac_bits):g})"
-            )
-            raise DivergenceError(step, reason)
-        flags.clear()
-
-    # Per-step schedule rows as tensors made once, and the step's concrete function called
-    # directly: per-call dispatch (signature matching, constant creation) is host time.
-    alpha_rows = _rows(alpha_np)
-    omg_rows = _rows(omg_all)
-    n_rows = _rows(n_all)
-    d_rows = _rows(d_all)
-    gamma_rows = _rows(gamma_applied)
-    t_rows = tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else []
-    groups = tuple(b.group for b in buffers)
-    shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
-    layout = (shapes, groups, tuple(b.registers for b in buffers))
-    w_p, r_p = _pack(w_ints), _gather_registers(buffers)
-    v_p = tf.zeros_like(w_p)  # v_0 = 0
-    forward: dict[bool, Any] = {}
-    for t in range(n_steps):
-        plans = [b.before_mul(rats[t][i]) for i, b in enumerate(buffers)]
-        spill = any(p is not None for p in plans)
-        args = (
-            w_p,
-            v_p,
-            r_p,
-            alpha_rows[t],
-            omg_rows[t],
-            n_rows[t],
-            d_rows[t],
-            theta,
-            t_rows[t],
-            layout,
-            _shift_tensors(plans, buffers) if spill else None,
-        )
-        if spill not in forward:
-            forward[spill] = st.forward.get_concrete_function(*args)
-        w_p, v_p, r_p, ok, loss, *moved = forward[spill](*args)
-        if spill:
-            for b, p, lo in zip(buffers, plans, moved[0], strict=True):
-                if p is not None:
-                    b.after_mul(lo.numpy())
-        losses.append(loss)
-        flags.append(ok)
-        if len(flags) >= _CHECK_EVERY or t == n_steps - 1:
-            check(t + 1)
-        if callback:
-            callback("forward", t + 1, n_steps)
-    w_ints = _unpack(w_p, shapes)  # for the validation loss; w_p, v_p carry on to the reverse
-    _scatter_registers(buffers, r_p)
+    run = _ExactState(w0, frac_bits)
+    p = _Pass(st, sc, theta, _key_tensor(key), callback)
+    losses = _forward_pass(p, run)
     t_forward = time.perf_counter() - t0
-
-    for b in buffers:
-        b.flush()  # between the passes only host words are held
-    n_weights = sum(int(x.shape.num_elements()) for x in w_ints)
-    bits_held = sum(b.bits_held() * b.shape.num_elements() for b in buffers)
-    info_bits = sum(b.info_bits * b.shape.num_elements() for b in buffers)
+    bits_held, info_bound = run.spill()
 
     t1 = time.perf_counter()
-    w_final = [to_float(q, frac_bits, dtype) for q in w_ints]
-    with tf.GradientTape() as tape:
-        tape.watch(w_final)
-        f_val = val_loss(w_final)
-    dw = [
-        tf.cast(g, tf.float64)
-        for g in tape.gradient(f_val, w_final, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    ]
-    if not np.isfinite(float(f_val)):
-        raise DivergenceError(n_steps, f"non-finite validation loss ({float(f_val)})")
-    dv = [tf.zeros_like(x) for x in dw]
-    dtheta = [tf.zeros_like(x) for x in theta]
-    for b in buffers:
-        b.restore()
-    d_alpha = np.zeros_like(alpha_np)
-    d_gamma = np.zeros_like(gamma_np)
-    reverse: dict[bool, Any] = {}
-    dw_p, dv_p, r_p = _pack(dw), _pack(dv), _gather_registers(buffers)
-    for t in reversed(range(n_steps)):
-        plans = [b.before_div(rats[t][i]) for i, b in enumerate(buffers)]
-        spill = any(p[0] is not None for p in plans)
-        args = (
-            w_p,
-            v_p,
-            r_p,
-            dw_p,
-            dv_p,
-            dtheta,
-            alpha_rows[t],
-            omg_rows[t],
-            n_rows[t],
-            d_rows[t],
-            gamma_rows[t],
-            theta,
-            t_rows[t],
-            layout,
-            _shift_tensors([p[0] for p in plans], buffers) if spill else None,
-            _word_tensors(plans, buffers) if spill else None,
-        )
-        if spill not in reverse:
-            reverse[spill] = st.reverse.get_concrete_function(*args)
-        w_p, v_p, r_p, dw_p, dv_p, dtheta, da, dg = reverse[spill](*args)
-        d_alpha[t] = da.numpy()
-        d_gamma[t] = dg.numpy()
-        if callback:
-            callback("reverse", n_steps - t, n_steps)
-    w_ints, v_ints, dw = _unpack(w_p, shapes), _unpack(v_p, shapes), _unpack(dw_p, shapes)
-    _scatter_registers(buffers, r_p)
+    w_final = run.weights(dtype)
+    f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps)
+    d_alpha, d_gamma, d_theta, d_w0 = _reverse_pass(p, run, dw)
     t_reverse = time.perf_counter() - t1
 
-    cert = ExactnessCertificate(
-        exact_w0=all(bool(tf.reduce_all(a == b)) for a, b in zip(w_ints, w_start, strict=True)),
-        exact_v0=all(not bool(tf.reduce_any(v != 0)) for v in v_ints),
-        buffer_empty=all(b.is_empty() for b in buffers),
-        bits_held=bits_held / max(n_weights, 1),
-        info_bound_bits=info_bits / max(n_weights, 1),
-    )
+    cert = run.certify(bits_held, info_bound)
     if not cert.ok:
-        hint = ""
-        if dtype != tf.float64:
-            hint = (
-                f". The training loss is evaluated in {dtype.name}: oneDNN's CPU kernels can "
-                "round differently in the two passes; set TF_ENABLE_ONEDNN_OPTS=0 before "
-                "TensorFlow is first imported (revhpo does when it is imported first), or use "
-                "float64"
-            )
-        raise ExactnessError(cert, hint)
+        raise ExactnessError(cert, _exactness_hint(dtype))
     return HypergradResult(
-        val_loss=float(f_val),
+        val_loss=f_val,
         w_final=w_final,
         d_alpha=tf.constant(d_alpha),
         d_gamma=tf.constant(d_gamma),
-        d_theta=dtheta,
-        d_w0=dw,
-        gamma_applied=gamma_applied,
+        d_theta=d_theta,
+        d_w0=d_w0,
+        gamma_applied=sc.gamma_applied,
         train_losses=np.array([float(x) for x in losses]),
         certificate=cert,
         timings={"forward_s": t_forward, "reverse_s": t_reverse},
+    )
+
+
+def _exactness_hint(dtype: tf.DType) -> str:
+    if dtype == tf.float64:
+        return ""
+    return (
+        f". The training loss is evaluated in {dtype.name}: oneDNN's CPU kernels can "
+        "round differently in the two passes; set TF_ENABLE_ONEDNN_OPTS=0 before "
+        "TensorFlow is first imported (importing revhpo first does), or use float64"
     )
 
 

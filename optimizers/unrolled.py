@@ -1,6 +1,6 @@
 """Plain float SGD-momentum and autodiff through the unrolled loop (the references).
 
-``plain_sgd`` is what a user would run without reversal: the speed baseline and the
+``PlainSGD`` is what a user would run without reversal: the speed baseline and the
 finite-difference oracle. ``unrolled_hypergradient`` differentiates the whole float training
 loop with a tape (O(T·N) memory): an independent check of :func:`optimizers.hypergradient`.
 """
@@ -11,17 +11,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+from revhpo.optimizers.reversible import TrainLoss, ValLoss, _rows, _schedule
 
-from optimizers.reversible import TrainLoss, ValLoss, _rows, _schedule
 
+def _momentum_step(train_loss: TrainLoss, w, v, theta, alpha_t, gamma_t, t, dtype, key=None):
+    """One float step in hypergrad's convention; returns ``(w, v, loss)``.
 
-def _momentum_step(train_loss: TrainLoss, w, v, theta, alpha_t, gamma_t, t, dtype):
-    """One float step in hypergrad's convention; returns ``(w, v, loss)``."""
+    ``key`` (the data key of :func:`~revhpo.optimizers.hypergradient`) is passed to the loss
+    as its fourth argument when it is not None.
+    """
     wc = [tf.cast(x, dtype) for x in w]
     thc = [tf.cast(x, dtype) for x in theta]
     with tf.GradientTape() as tape:
         tape.watch(wc)
-        loss = train_loss(wc, thc, t)
+        loss = train_loss(wc, thc, t) if key is None else train_loss(wc, thc, t, key)
     grads = tape.gradient(loss, wc, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     new_v = [
         gamma_t[i] * v[i] - (1.0 - gamma_t[i]) * tf.cast(grads[i], v[i].dtype)
@@ -38,8 +41,8 @@ class PlainSGD:
         self.train_loss = train_loss
         self.dtype = dtype
 
-        def step(w, v, theta, alpha_t, gamma_t, t):
-            return _momentum_step(train_loss, w, v, theta, alpha_t, gamma_t, t, dtype)
+        def step(w, v, theta, alpha_t, gamma_t, t, key):
+            return _momentum_step(train_loss, w, v, theta, alpha_t, gamma_t, t, dtype, key)
 
         self.step = tf.function(step, reduce_retracing=True)
 
@@ -49,6 +52,7 @@ class PlainSGD:
         alpha: tf.Tensor | np.ndarray,
         gamma: tf.Tensor | np.ndarray,
         theta: Sequence[tf.Tensor] = (),
+        key: int | tf.Tensor | None = None,
     ) -> tuple[list[tf.Tensor], np.ndarray]:
         """Train; returns the final weights (``dtype``) and the training losses."""
         k = len(w0)
@@ -63,25 +67,14 @@ class PlainSGD:
         alpha_rows = _rows(alpha_np.astype(self.dtype.as_numpy_dtype))
         gamma_rows = _rows(gamma_np.astype(self.dtype.as_numpy_dtype))
         t_rows = tf.unstack(tf.range(alpha_np.shape[0], dtype=tf.int32)) if len(alpha_np) else []
+        key = None if key is None else tf.convert_to_tensor(key, tf.int64)
         step = None
         for t in range(alpha_np.shape[0]):
-            args = (w, v, theta, alpha_rows[t], gamma_rows[t], t_rows[t])
+            args = (w, v, theta, alpha_rows[t], gamma_rows[t], t_rows[t], key)
             step = step or self.step.get_concrete_function(*args)
             w, v, loss = step(*args)
             losses.append(loss)
         return w, np.array([float(x) for x in losses])
-
-
-def plain_sgd(
-    train_loss: TrainLoss,
-    w0: Sequence[tf.Tensor],
-    alpha: tf.Tensor | np.ndarray,
-    gamma: tf.Tensor | np.ndarray,
-    theta: Sequence[tf.Tensor] = (),
-    dtype: tf.DType = tf.float64,
-) -> list[tf.Tensor]:
-    """Plain float SGD-momentum from ``w0``; returns the final weights."""
-    return PlainSGD(train_loss, dtype).run(w0, alpha, gamma, theta)[0]
 
 
 def unrolled_hypergradient(
@@ -93,6 +86,7 @@ def unrolled_hypergradient(
     theta: Sequence[tf.Tensor] = (),
     *,
     dtype: tf.DType = tf.float64,
+    key: int | tf.Tensor | None = None,
 ) -> dict[str, object]:
     """Hypergradients by reverse-mode autodiff through the unrolled float training loop.
 
@@ -104,13 +98,22 @@ def unrolled_hypergradient(
     gamma_t = tf.constant(_schedule(gamma, "gamma", k))
     w0 = [tf.convert_to_tensor(x, tf.float64) for x in w0]
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
+    key = None if key is None else tf.convert_to_tensor(key, tf.int64)
     with tf.GradientTape() as tape:
         tape.watch([alpha_t, gamma_t, *w0, *theta])
         w = list(w0)
         v = [tf.zeros_like(x) for x in w]
         for t in range(int(alpha_t.shape[0])):
             w, v, _ = _momentum_step(
-                train_loss, w, v, theta, alpha_t[t], gamma_t[t], tf.constant(t, tf.int32), dtype
+                train_loss,
+                w,
+                v,
+                theta,
+                alpha_t[t],
+                gamma_t[t],
+                tf.constant(t, tf.int32),
+                dtype,
+                key,
             )
         f = tf.cast(val_loss([tf.cast(x, dtype) for x in w]), tf.float64)
     grads = tape.gradient(

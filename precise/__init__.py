@@ -3,15 +3,8 @@
 Knows nothing of nets, optimizers or the service.
 """
 
-import os
-
-# Exact reversal needs the reverse pass to recompute each gradient bit for bit. oneDNN's
-# float32 CPU kernels can round differently in the forward and the reverse graph, so they are
-# off unless the user chose otherwise before TensorFlow was first imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from precise.array import FixedArray
-from precise.buffer import (
+from revhpo.precise.array import FixedArray
+from revhpo.precise.buffer import (
     CHUNK_BITS,
     DEFAULT_GROUP,
     InfoBuffer,
@@ -21,7 +14,7 @@ from precise.buffer import (
     group_mul_kernel,
     mul_kernel,
 )
-from precise.fixed import (
+from revhpo.precise.fixed import (
     DEFAULT_FRAC_BITS,
     MAGNITUDE_LIMIT,
     FixedPointOverflowError,
@@ -31,7 +24,7 @@ from precise.fixed import (
     to_fixed_unchecked,
     to_float,
 )
-from precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
+from revhpo.precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
 
 __all__ = [
     "CHUNK_BITS",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from precise.buffer import DEFAULT_GROUP, InfoBuffer, group_div_kernel, group_mul_kernel
-from precise.fixed import (
+from revhpo.precise.buffer import DEFAULT_GROUP, InfoBuffer, group_div_kernel, group_mul_kernel
+from revhpo.precise.fixed import (
     DEFAULT_FRAC_BITS,
     FixedPointOverflowError,
     check_frac_bits,
@@ -15,7 +14,7 @@ from precise.fixed import (
     to_fixed,
     to_float,
 )
-from precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
+from revhpo.precise.rational import DEFAULT_MAX_DENOMINATOR, Rational, rationalize
 
 # XLA fuses the ~30 elementwise integer ops of a kernel into one pass over memory; integer
 # results are exact, so compiling cannot change a single bit.
@@ -74,23 +73,21 @@ class FixedArray:
             )
         self.ints = ints
 
-    def add(self, x: tf.Tensor | np.ndarray | float) -> None:
-        """``self += x`` exactly (``x`` rounded to fixed point first); undone by :meth:`sub`."""
-        q = to_fixed(
+    def _fixed_like(self, x: tf.Tensor | np.ndarray | float) -> tf.Tensor:
+        """``x`` broadcast to this array's shape and rounded to its fixed point."""
+        return to_fixed(
             tf.broadcast_to(tf.convert_to_tensor(x, tf.float64), self.ints.shape),
             self.frac_bits,
             what="x",
         )
-        self._checked(_add(self.ints, q), "add")
+
+    def add(self, x: tf.Tensor | np.ndarray | float) -> None:
+        """``self += x`` exactly (``x`` rounded to fixed point first); undone by :meth:`sub`."""
+        self._checked(_add(self.ints, self._fixed_like(x)), "add")
 
     def sub(self, x: tf.Tensor | np.ndarray | float) -> None:
         """``self -= x`` exactly; undoes :meth:`add` of the same ``x``."""
-        q = to_fixed(
-            tf.broadcast_to(tf.convert_to_tensor(x, tf.float64), self.ints.shape),
-            self.frac_bits,
-            what="x",
-        )
-        self._checked(_sub(self.ints, q), "sub")
+        self._checked(_sub(self.ints, self._fixed_like(x)), "sub")
 
     def rational(self, rate: float | Rational) -> Rational:
         """The exact rational applied for ``rate`` (validated)."""

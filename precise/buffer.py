@@ -35,8 +35,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
-
-from precise.rational import Rational
+from revhpo.precise.rational import Rational
 
 CHUNK_BITS = 8  # words move out in whole bytes
 DEFAULT_GROUP = 16  # elements per register

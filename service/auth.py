@@ -15,10 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from revhpo.service.db import db_epoch, session_scope
+from revhpo.service.models import ApiKey
 from sqlalchemy import Engine, select
-
-from service.db import db_epoch, session_scope
-from service.models import ApiKey
 
 KEY_PREFIX = "rhp_"
 ANONYMOUS_OWNER = "local"

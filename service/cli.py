@@ -2,6 +2,12 @@
 
 Contract (command names): tune, verify, bench, serve, worker, submit, status, result, cancel,
 jobs, keys create (plus `demo`, the README's main job).
+
+Nothing here, nor in the modules' ``register`` functions, imports TensorFlow: ``revhpo --help``,
+``--version`` and the client commands never load it. The commands that do (tune, verify,
+bench) import it through :func:`revhpo.runtime.import_tensorflow` (which runs
+:func:`revhpo.runtime.quiet_tensorflow` first); the worker runs ``quiet_tensorflow`` for its
+job processes.
 """
 
 from __future__ import annotations
@@ -9,26 +15,64 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
+
+from revhpo.runtime import __version__
+
+__all__ = ["EPILOG", "HelpFormatter", "build_parser", "main"]
 
 # Modules that each expose `register(subparsers) -> None`; a subcommand's handler is stored
 # as `func` on its parser and called with the parsed namespace; it returns an exit status.
 _COMMAND_MODULES = (
-    "service.cli_local",  # tune
-    "service.cli_numerics",  # verify, bench
-    "service.cli_client",  # serve, worker, submit, status, result, cancel, jobs, keys, demo
+    "revhpo.service.cli_local",  # tune
+    "revhpo.service.cli_numerics",  # verify, bench
+    "revhpo.service.cli_client",  # serve, worker, submit, status, result, cancel, jobs, keys, demo
 )
+
+EPILOG = (
+    "exit status: 0 success; 1 a check or a job failed, or the API could not be reached "
+    "(the message names the URL tried) or answered with an error; 2 invalid command line, "
+    "job spec or checkpoint; 130 interrupted. `revhpo COMMAND --help` describes each command."
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (``(default: X)`` after its help).
+
+    A default of None (or False for a flag) is not shown: its help says what happens then.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose subcommands share the help formatter."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every module that is present registers its commands)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="revhpo",
-        description="Hyperparameter optimisation through exactly reversible learning.",
+        description="Hyperparameter optimisation through exactly reversible learning: tune "
+        "hundreds to thousands of hyperparameters by gradient descent, locally (`tune`) or "
+        "as jobs of a service (`serve`, `worker`, `submit`, ...).",
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"revhpo {__version__}", help="print the version"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -37,20 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for p in sub.choices.values():  # every command documents the exit statuses
+        if p.epilog is None:
+            p.epilog = EPILOG
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
     return int(args.func(args) or 0)
 

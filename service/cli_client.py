@@ -1,14 +1,19 @@
 """`revhpo serve | worker | submit | status | result | cancel | jobs | keys | demo`.
 
-Client commands talk to the API over HTTP (`--api`, default `$REVHPO_API` or
-http://127.0.0.1:8765; `--token`, default `$REVHPO_TOKEN`). `keys create` writes to the
-database directly (run it where the API runs). `serve` with the embedded SQLite default also
-starts a local worker; `demo` runs the README's main job end to end.
+Client commands talk to the API over HTTP through :class:`revhpo.service.client.Client`
+(`--api`, default `$REVHPO_API` or http://127.0.0.1:8765; `--token`, default
+`$REVHPO_TOKEN`). `keys` writes to the database directly (run it where the API runs).
+`serve` with the embedded SQLite default also starts a local worker; `demo` runs the README's
+main job end to end.
+
+None of these commands imports TensorFlow (the worker's job processes do, each in its own
+process).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -19,256 +24,245 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    from revhpo.service.client import Client
 
-log = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
-
-DEFAULT_API = "http://127.0.0.1:8765"
+DEFAULT_API = "http://127.0.0.1:8765"  # revhpo.service.client.DEFAULT_API (not imported: speed)
 TERMINAL = ("succeeded", "failed", "cancelled")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-# ----------------------------------------------------------------------------- HTTP client
-class ClientError(Exception):
-    """An error the API answered with (a problem document) or a connection failure."""
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=30.0)
-
-
-def _check(resp: httpx.Response) -> httpx.Response:
-    if resp.status_code >= 400:
-        try:
-            doc = resp.json()
-            msg = f"{doc.get('title', 'error')} ({resp.status_code})"
-            if doc.get("detail"):
-                msg += f": {doc['detail']}"
-            if doc.get("field"):
-                msg += f" [field: {doc['field']}]"
-        except ValueError:
-            msg = f"HTTP {resp.status_code}: {resp.text[:300]}"
-        raise ClientError(msg)
-    return resp
-
-
+# ----------------------------------------------------------------------------- helpers
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=os.environ.get("REVHPO_API", DEFAULT_API), help="API URL")
-    p.add_argument("--token", default=os.environ.get("REVHPO_TOKEN"), help="API key")
+    p.add_argument(
+        "--api",
+        default=os.environ.get("REVHPO_API", DEFAULT_API),
+        help="URL of the API (environment: REVHPO_API)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="API key; default: $REVHPO_TOKEN, else none (anonymous, loopback servers only)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for each answer of the API"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of a call that failed on the network or got 503 (exponential backoff)",
+    )
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = float(s)
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.1f}min"
+WORKER_DESCRIPTION = (
+    "Claim jobs from a revhpo API over HTTP and run each in a fresh TensorFlow process "
+    "(no database access needed). SIGTERM/SIGINT hands the running job back at its next "
+    "meta-iteration; a second signal stops at once."
+)
+WORKER_EPILOG = (
+    "exit status: 0 drained after a signal or --max-jobs; 2 the API refused the key "
+    "(401: unknown, revoked or malformed; 403: not a worker key). An API that cannot be "
+    "reached is waited for (a warning is logged for each failed claim)."
+)
 
 
-def _progress_line(ev: dict[str, Any]) -> str | None:
-    kind = ev.get("type")
-    if kind == "meta":
-        parts = [f"meta-iteration {ev['meta_iteration'] + 1}/{ev['meta_iterations']}"]
-        for key in ("val_loss", "train_loss", "test_loss"):
-            if isinstance(ev.get(key), int | float):
-                parts.append(f"{key.replace('_loss', '')} loss {ev[key]:.4f}")
-        parts.append(f"eta {_fmt_s(ev.get('eta_s'))}")
-        return "  ".join(parts)
-    if kind == "claimed":
-        return f"running (attempt {ev.get('attempt')}, worker {ev.get('worker')})"
-    if kind == "lease_expired":
-        return f"worker lost; job {ev.get('state')} again (attempt {ev.get('attempt')})"
-    if kind == "attempt_failed":
-        return f"attempt failed, will retry: {ev.get('reason')}"
-    if kind == "released":
-        return "handed back by its worker; queued again"
-    if kind == "evaluation":
-        return "evaluating on held-out training seeds"
-    if kind == "done":
-        return f"job {ev.get('state')}" + (f": {ev['reason']}" if ev.get("reason") else "")
-    return None
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker's command-line flags (shared with `revhpo worker`)."""
+    p.add_argument(
+        "--api",
+        default=os.environ.get("REVHPO_API", DEFAULT_API),
+        help="URL of the API (environment: REVHPO_API)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="worker API key (`revhpo keys create --worker`); default: $REVHPO_TOKEN, else "
+        "none (anonymous, accepted by a loopback-only server)",
+    )
+    p.add_argument(
+        "--name", default=None, help="worker name shown in job events; default: host-pid"
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="scratch space for the jobs' files; default: a temporary directory, removed at exit",
+    )
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
+    p.add_argument(
+        "--max-jobs", type=int, default=None, help="exit after this many jobs; default: no limit"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=120.0,
+        help="after SIGTERM, seconds the job may take to reach a meta-iteration boundary "
+        "before it is killed and handed back",
+    )
 
 
-def stream_events(client: httpx.Client, job_id: str, out=sys.stdout) -> dict[str, Any]:  # noqa: ANN001
-    """Print the job's progress from its SSE stream until it ends; returns the final job.
+def _client(args: argparse.Namespace) -> Client:
+    from revhpo.service.client import Client
 
-    Reconnects (with `Last-Event-ID`) if the stream breaks.
-    """
-    last_id: str | None = None
-    while True:
-        headers = {"Last-Event-ID": last_id} if last_id else {}
+    if not getattr(args, "verbose", False):  # one line for the final error; -v shows retries
+        logging.getLogger("revhpo.service.client").setLevel(logging.ERROR)
+    token = args.token or os.environ.get("REVHPO_TOKEN") or None
+    return Client(args.api, token, timeout=args.timeout, retries=max(args.retries, 0))
+
+
+def _api_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the client's errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from revhpo.service.client import ClientError
+
         try:
-            with client.stream(
-                "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
-            ) as resp:
-                _check(resp) if resp.status_code >= 400 else None
-                event, data = "message", ""
-                for line in resp.iter_lines():
-                    if line.startswith("id:"):
-                        last_id = line[3:].strip()
-                    elif line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data += line[5:].strip()
-                    elif line == "":
-                        if data:
-                            payload = json.loads(data)
-                            if event == "end":
-                                return payload
-                            msg = _progress_line(payload)
-                            if msg:
-                                print(msg, file=out, flush=True)
-                        event, data = "message", ""
-        except httpx.TransportError as exc:
-            print(f"(event stream interrupted: {exc}; reconnecting)", file=sys.stderr)
-            time.sleep(1)
+            return func(args)
+        except ClientError as exc:
+            print(f"revhpo {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return wrapper
 
 
-def summarize(result: dict[str, Any]) -> list[str]:
-    """Human summary lines of a result document."""
-    timings = result.get("timings") or {}
-    lines = [
-        f"status: {result.get('status')}"
-        + (f" ({result['stop_reason']})" if result.get("stop_reason") else ""),
-        f"tuned hyperparameters: {result.get('n_hyperparameters')}; meta-iterations: "
-        f"{result.get('meta_iterations')}; time {_fmt_s(timings.get('total_s'))}",
-    ]
-    ev = result.get("evaluation") or {}
-    n = len(ev.get("seeds") or [])
-    for key in ("initial", "final"):
-        e = ev.get(key) or {}
-        if "val_loss_mean" in e:
-            acc = e.get("test_acc_mean")
-            acc_s = f", test acc {100 * acc:.1f}%" if isinstance(acc, int | float) else ""
-            lines.append(
-                f"{key:>7}: val loss {e['val_loss_mean']:.4f}, test loss "
-                f"{e.get('test_loss_mean', float('nan')):.4f}{acc_s} "
-                f"(mean over {n} held-out training seeds)"
-            )
-    return lines
+def _print_help(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def follow(client: Client, job: dict[str, Any], out: Any = None) -> dict[str, Any]:
+    """Show a job's progress (from its event stream) until it ends; returns the final job.
+
+    Args:
+        client: the API client.
+        job: the job (as ``submit`` or ``get`` return it).
+        out: where to draw the progress (default: stderr); a live bar on a terminal, plain
+            lines elsewhere.
+    """
+    from revhpo.service.progress import ProgressDisplay
+
+    total = ((job.get("spec") or {}).get("meta") or {}).get("iterations")
+    with ProgressDisplay(out if out is not None else sys.stderr, total=total) as show:
+        for event in client.events(job["id"]):
+            if event.type == "end":
+                return event.data
+            show({"type": event.type, **event.data})
+    return client.get(job["id"])  # pragma: no cover (the stream always ends with `end`)
 
 
 # ----------------------------------------------------------------------------- client commands
+@_api_command
 def cmd_submit(args: argparse.Namespace) -> int:
     """`revhpo submit SPEC [--wait]`."""
     path = Path(args.spec)
     if not path.is_file():
-        print(f"revhpo submit: spec file not found: {path}", file=sys.stderr)
-        return 2
-    text = path.read_text(encoding="utf-8")
-    ctype = "application/json" if path.suffix == ".json" else "application/yaml"
-    headers = {"Content-Type": ctype}
-    if args.idempotency_key:
-        headers["Idempotency-Key"] = args.idempotency_key
+        print(f"revhpo submit: spec file not found. Received: {args.spec!r}", file=sys.stderr)
+        return EXIT_USAGE
     with _client(args) as c:
-        try:
-            job = _check(c.post("/v1/jobs", content=text.encode(), headers=headers)).json()
-        except (ClientError, httpx.HTTPError) as exc:
-            print(f"revhpo submit: {exc}", file=sys.stderr)
-            return 1
-        print(job["id"])
+        job = c.submit(path, idempotency_key=args.idempotency_key)
+        print(job["id"], flush=True)
         if not args.wait:
-            return 0
-        final = stream_events(c, job["id"], out=sys.stderr)
+            return EXIT_OK
+        try:
+            final = follow(c, job)
+        except KeyboardInterrupt:
+            print(
+                f"\nrevhpo submit: stopped following; job {job['id']} goes on "
+                f"(`revhpo status {job['id']}`, `revhpo cancel {job['id']}`)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         return _print_result(c, final, out_dir=None)
 
 
-def _print_result(c: httpx.Client, job: dict[str, Any], out_dir: Path | None) -> int:
+def _print_result(c: Client, job: dict[str, Any], out_dir: Path | None) -> int:
+    from revhpo.service.progress import summary_lines
+
     if job["state"] != "succeeded":
         print(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
-        return 1
-    doc = _check(c.get(f"/v1/jobs/{job['id']}/result")).json()
-    for line in summarize(doc["result"]):
+        return EXIT_FAILED
+    doc = c.result(job["id"])
+    for line in summary_lines(doc["result"]):
         print(line)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for art in doc["artifacts"]:
-            resp = _check(c.get(art["url"]))
-            (out_dir / art["name"]).write_bytes(resp.content)
-        print(f"files: {', '.join(str(out_dir / a['name']) for a in doc['artifacts'])}")
+        paths = [
+            c.download_artifact(job["id"], a["name"], out_dir / a["name"]) for a in doc["artifacts"]
+        ]
+        print(f"files: {', '.join(str(p) for p in paths)}")
     else:
-        print("files: " + ", ".join(a["url"] for a in doc["artifacts"]))
-    return 0
+        print("files: " + ", ".join(c.url(a["url"]) for a in doc["artifacts"]))
+    return EXIT_OK
 
 
+@_api_command
 def cmd_status(args: argparse.Namespace) -> int:
     """`revhpo status ID`."""
+    from revhpo.service.progress import format_event
+
     with _client(args) as c:
-        try:
-            job = _check(c.get(f"/v1/jobs/{args.id}")).json()
-        except (ClientError, httpx.HTTPError) as exc:
-            print(f"revhpo status: {exc}", file=sys.stderr)
-            return 1
+        job = c.get(args.id)
     if args.json:
         print(json.dumps(job, indent=2))
-        return 0
+        return EXIT_OK
     meta = (job.get("progress") or {}).get("meta")
     print(f"{job['id']}  {job['state']}  attempts {job['attempts']}/{job['max_attempts']}")
     if meta:
-        print("  " + (_progress_line(meta) or ""))
+        print("  " + (format_event({"type": "meta", **meta}) or ""))
     if job.get("error"):
         print(f"  error: {job['error']}")
-    return 0
+    return EXIT_OK
 
 
+@_api_command
 def cmd_result(args: argparse.Namespace) -> int:
-    """`revhpo result ID [--out DIR]`."""
+    """`revhpo result ID [--out DIR] [--json]`."""
     with _client(args) as c:
-        try:
-            job = _check(c.get(f"/v1/jobs/{args.id}")).json()
-            if args.json and job["state"] == "succeeded":
-                print(json.dumps(_check(c.get(f"/v1/jobs/{args.id}/result")).json(), indent=2))
-                return 0
-            return _print_result(c, job, Path(args.out) if args.out else None)
-        except (ClientError, httpx.HTTPError) as exc:
-            print(f"revhpo result: {exc}", file=sys.stderr)
-            return 1
+        job = c.get(args.id)
+        if args.json and job["state"] == "succeeded":
+            print(json.dumps(c.result(args.id), indent=2))
+            return EXIT_OK
+        return _print_result(c, job, Path(args.out) if args.out else None)
 
 
+@_api_command
 def cmd_cancel(args: argparse.Namespace) -> int:
     """`revhpo cancel ID`."""
     with _client(args) as c:
-        try:
-            job = _check(c.post(f"/v1/jobs/{args.id}/cancel")).json()
-        except (ClientError, httpx.HTTPError) as exc:
-            print(f"revhpo cancel: {exc}", file=sys.stderr)
-            return 1
+        job = c.cancel(args.id)
     note = " (stops at its next meta-iteration)" if job["state"] == "running" else ""
     print(f"{job['id']}  {job['state']}{note}")
-    return 0
+    return EXIT_OK
 
 
+@_api_command
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`revhpo jobs [--state S] [--limit N] [--all]`."""
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.state:
-        params["state"] = args.state
     with _client(args) as c:
-        try:
-            while True:
-                page = _check(c.get("/v1/jobs", params=params)).json()
-                for j in page["items"]:
-                    meta = (j.get("progress") or {}).get("meta") or {}
-                    it = (
-                        f"{meta['meta_iteration'] + 1}/{meta['meta_iterations']}"
-                        if "meta_iteration" in meta
-                        else "-"
-                    )
-                    print(f"{j['id']}  {j['state']:<9}  {it:>7}  {j['created_at']}  {j['name']}")
-                if not (args.all and page.get("next_cursor")):
-                    return 0
-                params["cursor"] = page["next_cursor"]
-        except (ClientError, httpx.HTTPError) as exc:
-            print(f"revhpo jobs: {exc}", file=sys.stderr)
-            return 1
+        cursor = None
+        while True:
+            page = c.list(args.state, limit=args.limit, cursor=cursor)
+            for j in page["items"]:
+                meta = (j.get("progress") or {}).get("meta") or {}
+                it = (
+                    f"{meta['meta_iteration'] + 1}/{meta['meta_iterations']}"
+                    if "meta_iteration" in meta
+                    else "-"
+                )
+                print(f"{j['id']}  {j['state']:<9}  {it:>7}  {j['created_at']}  {j['name']}")
+            cursor = page.get("next_cursor")
+            if not (args.all and cursor):
+                return EXIT_OK
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """`revhpo keys create --owner NAME [--worker]`: prints the new key (shown once)."""
-    from service.auth import create_key
+    from revhpo.service.auth import create_key
 
     key = create_key(_key_engine(args), args.owner, is_worker=args.worker)
     print(key)
@@ -276,12 +270,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         f"(owner {args.owner}{', worker' if args.worker else ''}; stored hashed, shown once)",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
 
 
 def _key_engine(args: argparse.Namespace):  # noqa: ANN202
-    from service.db import get_engine, migrate
-    from service.settings import Settings
+    from revhpo.service.db import get_engine, migrate
+    from revhpo.service.settings import Settings
 
     settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
     url = settings.resolved_database_url
@@ -293,7 +287,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     """`revhpo keys list`: prefix, owner, kind and state of every key (never a secret)."""
     import datetime as dt
 
-    from service.auth import list_keys
+    from revhpo.service.auth import list_keys
 
     def when(t: float | None) -> str:
         return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
@@ -306,23 +300,23 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             f"{r['prefix']:<14} {r['owner']:<20} {kind:<7} {when(r['created_at']):<17} "
             f"{when(r['revoked_at'])}"
         )
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """`revhpo keys revoke KEY_OR_PREFIX`: the key stops working (within 10 s everywhere)."""
-    from service.auth import revoke_key
+    from revhpo.service.auth import revoke_key
 
     if not revoke_key(_key_engine(args), args.key):
         print(f"revhpo keys revoke: no key with prefix {args.key!r}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"revoked {args.key}")
-    return 0
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- serve, worker
 def _settings_from(args: argparse.Namespace):  # noqa: ANN202
-    from service.settings import Settings
+    from revhpo.service.settings import Settings
 
     over: dict[str, Any] = {}
     for name in ("host", "port", "home", "database_url", "artifact_dir"):
@@ -345,7 +339,15 @@ def start_local_workers(
             out = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 (lives with the proc)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "service.worker", "--api", api, "--name", f"local-{i}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "revhpo.service.worker",
+                    "--api",
+                    api,
+                    "--name",
+                    f"local-{i}",
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT if out else None,
@@ -372,10 +374,9 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """`revhpo serve`: migrate, serve the API; with SQLite also run local worker(s)."""
     import uvicorn
-
-    from service.api.app import create_app
-    from service.auth import create_key
-    from service.db import get_engine, migrate
+    from revhpo.service.api.app import create_app
+    from revhpo.service.auth import create_key
+    from revhpo.service.db import get_engine, migrate
 
     settings = _settings_from(args)
     url = settings.resolved_database_url
@@ -432,7 +433,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """`revhpo worker --api URL --token KEY`."""
-    from service.worker import run_from_args
+    from revhpo.service.worker import run_from_args
 
     return run_from_args(args)
 
@@ -458,10 +459,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Starts `revhpo serve` on SQLite (with one local worker) in `--home`, submits the spec,
     streams progress, prints the tuned result and where the plots are, and stops the service.
     """
+    from revhpo.service.client import ApiConnectionError, Client, ClientError
+
     spec = Path(args.spec) if args.spec else _find_example("mlp_digits.yaml")
     if spec is None or not spec.is_file():
         print("revhpo demo: examples/mlp_digits.yaml not found; pass --spec", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     home = Path(args.home).resolve()
     if home.exists():
         shutil.rmtree(home)  # a fresh service every run
@@ -480,48 +483,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"starting the service on {api} (SQLite and artifacts in {home})", flush=True)
     with open(log_path, "ab") as logf:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--workers", "1"],
+            [sys.executable, "-m", "revhpo", "serve", "--workers", "1"],
             env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        with httpx.Client(base_url=api, timeout=30.0) as c:
+        with Client(api, retries=0) as probe:
             deadline = time.monotonic() + 60
             while True:
                 if server.poll() is not None:
                     print(log_path.read_text()[-2000:], file=sys.stderr)
                     print("revhpo demo: the service did not start", file=sys.stderr)
-                    return 1
+                    return EXIT_FAILED
                 try:
-                    if c.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("revhpo demo: the service did not answer in 60 s", file=sys.stderr)
-                    return 1
+                    probe.health()
+                    break
+                except ClientError as exc:
+                    if time.monotonic() > deadline:
+                        print(f"revhpo demo: no answer in 60 s: {exc}", file=sys.stderr)
+                        return EXIT_FAILED
+                    if not isinstance(exc, ApiConnectionError):
+                        time.sleep(0.2)
                 time.sleep(0.2)
-            body = spec.read_bytes()
-            job = _check(
-                c.post(
-                    "/v1/jobs",
-                    content=body,
-                    headers={"Content-Type": "application/yaml", "Idempotency-Key": "demo"},
-                )
-            ).json()
+        with Client(api) as c:
+            job = c.submit(spec, idempotency_key="demo")
             print(f"submitted {spec} as job {job['id']} (POST {api}/v1/jobs)", flush=True)
             print("progress (GET /v1/jobs/{id}/events):", flush=True)
-            final = stream_events(c, job["id"])
-            rc = _print_result(c, final, out_dir=home / "result")
-            return rc
+            final = follow(c, job, out=sys.stdout)
+            return _print_result(c, final, out_dir=home / "result")
     except KeyboardInterrupt:
         print("\nrevhpo demo: interrupted", file=sys.stderr)
-        return 130
-    except (ClientError, httpx.HTTPError) as exc:
+        return EXIT_INTERRUPTED
+    except ClientError as exc:
         print(f"revhpo demo: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     finally:
         print("stopping the service", flush=True)
         server.send_signal(signal.SIGTERM)
@@ -535,73 +532,155 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- registration
 def register(subparsers: Any) -> None:
     """Add serve, worker, submit, status, result, cancel, jobs, keys and demo."""
-    from service.worker import add_arguments as worker_arguments
-
-    p = subparsers.add_parser("serve", help="run the API (with SQLite: and a local worker)")
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8765)")
-    p.add_argument("--home", type=Path, default=None, help="directory of the embedded default")
-    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default SQLite in home)")
-    p.add_argument("--artifact-dir", type=Path, default=None)
+    p = subparsers.add_parser(
+        "serve",
+        help="run the API (with SQLite: and a local worker)",
+        description="Upgrade the database schema, then serve the HTTP API. On the embedded "
+        "SQLite default it also starts one local worker. Settings not given here come from "
+        "REVHPO_* environment variables (REVHPO_HOST, REVHPO_PORT, REVHPO_HOME, "
+        "REVHPO_DATABASE_URL, REVHPO_ARTIFACT_DIR, ...).",
+    )
+    p.add_argument("--host", default=None, help="bind address; default: $REVHPO_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="port; default: $REVHPO_PORT or 8765")
     p.add_argument(
-        "--workers", type=int, default=None, help="local workers (default 1 on SQLite, else 0)"
+        "--home",
+        type=Path,
+        default=None,
+        help="directory of the embedded SQLite database and artifacts; default: $REVHPO_HOME "
+        "or ./var",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL; default: $REVHPO_DATABASE_URL or SQLite in the home directory",
+    )
+    p.add_argument(
+        "--artifact-dir",
+        type=Path,
+        default=None,
+        help="where datasets, results and plots are stored; default: $REVHPO_ARTIFACT_DIR or "
+        "HOME/artifacts",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes to start; default: 1 on SQLite, else 0",
     )
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema first")
     p.set_defaults(func=cmd_serve)
 
-    p = subparsers.add_parser("worker", help="run jobs from an API (HTTP only)")
-    worker_arguments(p)
+    p = subparsers.add_parser(
+        "worker",
+        help="run jobs from an API (HTTP only)",
+        description=WORKER_DESCRIPTION,
+        epilog=WORKER_EPILOG,
+    )
+    add_worker_arguments(p)
     p.set_defaults(func=cmd_worker)
 
-    p = subparsers.add_parser("submit", help="submit a job spec to the API")
-    p.add_argument("spec", help="job spec (.yaml/.yml/.json)")
-    p.add_argument("--wait", action="store_true", help="stream progress and print the result")
-    p.add_argument("--idempotency-key", default=None, help="replays return the same job")
+    p = subparsers.add_parser(
+        "submit",
+        help="submit a job spec to the API",
+        description="Submit a job spec; prints the job's id. With --wait, shows its progress "
+        "(a live bar on a terminal, log lines otherwise) and prints the result.",
+    )
+    p.add_argument("spec", help="job spec file (.yaml/.yml/.json)")
+    p.add_argument("--wait", action="store_true", help="show progress and print the result")
+    p.add_argument(
+        "--idempotency-key",
+        default=None,
+        help="a replay with the same key returns the same job; default: a fresh key",
+    )
     _add_client_args(p)
     p.set_defaults(func=cmd_submit)
 
-    p = subparsers.add_parser("status", help="state and progress of a job")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p = subparsers.add_parser(
+        "status", help="state and progress of a job", description="State and progress of a job."
+    )
+    p.add_argument("id", help="the job's id (as `submit` printed it)")
+    p.add_argument("--json", action="store_true", help="print the whole job document")
     _add_client_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("result", help="result summary of a job (and its plots)")
-    p.add_argument("id")
-    p.add_argument("--out", default=None, help="download result.json and plots here")
+    p = subparsers.add_parser(
+        "result",
+        help="result summary of a job (and its plots)",
+        description="Summary of a succeeded job's result; with --out, download result.json "
+        "and the plots. Exit status 1 when the job did not succeed.",
+    )
+    p.add_argument("id", help="the job's id")
+    p.add_argument(
+        "--out", default=None, help="download result.json and the plots into this directory"
+    )
     p.add_argument("--json", action="store_true", help="print the whole result document")
     _add_client_args(p)
     p.set_defaults(func=cmd_result)
 
-    p = subparsers.add_parser("cancel", help="cancel a job")
-    p.add_argument("id")
+    p = subparsers.add_parser(
+        "cancel",
+        help="cancel a job",
+        description="Cancel a job: a queued one at once, a running one at its next meta-iteration.",
+    )
+    p.add_argument("id", help="the job's id")
     _add_client_args(p)
     p.set_defaults(func=cmd_cancel)
 
-    p = subparsers.add_parser("jobs", help="list your jobs, newest first")
-    p.add_argument("--state", action="append", choices=["queued", "running", *TERMINAL])
-    p.add_argument("--limit", type=int, default=20)
+    p = subparsers.add_parser(
+        "jobs", help="list your jobs, newest first", description="List your jobs, newest first."
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=["queued", "running", *TERMINAL],
+        help="only jobs in this state (repeatable); default: every state",
+    )
+    p.add_argument("--limit", type=int, default=20, help="jobs per page")
     p.add_argument("--all", action="store_true", help="follow the cursor through every page")
     _add_client_args(p)
     p.set_defaults(func=cmd_jobs)
 
-    p = subparsers.add_parser("keys", help="API keys")
-    ks = p.add_subparsers(dest="keys_command", metavar="ACTION")
-    kc = ks.add_parser("create", help="create an API key (prints it once)")
+    keys = subparsers.add_parser(
+        "keys",
+        help="API keys: create, list, revoke",
+        description="Manage API keys in the database directly (run where the API runs).",
+    )
+    ks = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    db_help = (
+        "SQLAlchemy URL of the API's database; default: $REVHPO_DATABASE_URL or ./var's SQLite"
+    )
+    kc = ks.add_parser(
+        "create",
+        help="create an API key (prints it once)",
+        description="Create an API key and print it (it is stored hashed: shown only once).",
+    )
     kc.add_argument("--owner", required=True, help="who owns the jobs made with this key")
     kc.add_argument("--worker", action="store_true", help="a key for workers")
-    kc.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
+    kc.add_argument("--database-url", default=None, help=db_help)
     kc.set_defaults(func=cmd_keys_create)
-    kl = ks.add_parser("list", help="list keys (prefix, owner, kind, state; never a secret)")
-    kl.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
+    kl = ks.add_parser(
+        "list",
+        help="list keys (prefix, owner, kind, state; never a secret)",
+        description="List the keys: prefix, owner, kind, creation and revocation times.",
+    )
+    kl.add_argument("--database-url", default=None, help=db_help)
     kl.set_defaults(func=cmd_keys_list)
-    kr = ks.add_parser("revoke", help="revoke a key (by the key or its prefix)")
+    kr = ks.add_parser(
+        "revoke",
+        help="revoke a key (by the key or its prefix)",
+        description="Revoke a key: it stops working within 10 s everywhere.",
+    )
     kr.add_argument("key", help="the key (rhp_...) or its prefix (as `keys list` shows it)")
-    kr.add_argument("--database-url", default=None, help="default $REVHPO_DATABASE_URL")
+    kr.add_argument("--database-url", default=None, help=db_help)
     kr.set_defaults(func=cmd_keys_revoke)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    keys.set_defaults(func=functools.partial(_print_help, keys))
 
-    p = subparsers.add_parser("demo", help="the main job over HTTP on a local service")
-    p.add_argument("--spec", default=None, help="default examples/mlp_digits.yaml")
+    p = subparsers.add_parser(
+        "demo",
+        help="the main job over HTTP on a local service",
+        description="Start a local service (SQLite, one worker), submit a spec, show its "
+        "progress and result, download the plots, stop the service.",
+    )
+    p.add_argument("--spec", default=None, help="job spec; default: examples/mlp_digits.yaml")
     p.add_argument("--home", default="var/demo", help="service directory (reset each run)")
     p.set_defaults(func=cmd_demo)

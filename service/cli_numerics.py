@@ -7,8 +7,6 @@ import json
 import sys
 from typing import Any
 
-import numpy as np
-
 __all__ = ["register", "run_bench", "run_verify", "verify_spec"]
 
 
@@ -24,12 +22,19 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("spec", help="job spec file (.yaml/.yml/.json)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--samples", type=int, default=8, help="hypergradients to check (default 8)")
+    p.add_argument("--samples", type=int, default=8, help="hypergradients to check")
     p.add_argument("--eps", type=float, default=1e-5, help="finite-difference step (raw scale)")
     p.add_argument("--rtol", type=float, default=1e-4, help="largest relative error accepted")
     p.add_argument("--seed", type=int, default=0, help="training seed and sampling seed")
-    p.add_argument("--steps", type=int, default=None, help="override training.steps")
-    p.add_argument("--dataset-dir", default=None, help="where uploaded dataset ids resolve")
+    p.add_argument(
+        "--steps", type=int, default=None, help="override training.steps; default: the spec's"
+    )
+    p.add_argument(
+        "--dataset-dir",
+        default=None,
+        help="directory where uploaded dataset ids (and relative dataset paths not found "
+        "from the working directory) resolve; default: none",
+    )
     p.set_defaults(func=run_verify)
 
     b = subparsers.add_parser(
@@ -40,12 +45,14 @@ def register(subparsers: Any) -> None:
         "over the information bound, and peak memory of the reversible method vs autodiff "
         "through the unrolled loop (each in a fresh subprocess).",
     )
-    b.add_argument("--sizes", default="784,50,50,10", help="MLP layer sizes (default N≈42k)")
+    b.add_argument("--sizes", default="784,50,50,10", help="MLP layer sizes (N≈42k weights)")
     b.add_argument("--steps", type=int, default=100, help="training steps T")
     b.add_argument("--batch", type=int, default=200, help="minibatch size")
     b.add_argument("--gamma", type=float, default=0.9, help="momentum decay")
     b.add_argument("--alpha", type=float, default=0.1, help="learning rate")
-    b.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    b.add_argument(
+        "--dtype", choices=["float64", "float32"], default="float64", help="float type of the net"
+    )
     b.add_argument("--repeats", type=int, default=3, help="timed repeats (the minimum is kept)")
     b.add_argument(
         "--memory-steps",
@@ -76,9 +83,10 @@ def verify_spec(
     ``max(|fd|, |analytic|, 1e-6 · max |hypergradient|)`` so that entries whose gradient is
     zero to rounding do not divide by nothing.
     """
-    from optimizers import DivergenceError, ExactnessError
-    from service.spec import load_spec
-    from service.tuning import build_problem
+    import numpy as np
+    from revhpo.optimizers import DivergenceError, ExactnessError
+    from revhpo.service.spec import load_spec
+    from revhpo.service.tuning import build_problem
 
     spec = load_spec(spec)
     if steps is not None:
@@ -116,7 +124,7 @@ def verify_spec(
         bits_held_per_weight=cert.bits_held,
         info_bound_bits_per_weight=cert.info_bound_bits,
     )
-    raw = {k: v.numpy().copy() for k, v in problem.raw.items()}
+    raw = problem.initial_raw()
     entries = [(k, i) for k in sorted(raw) for i in range(raw[k].size)]
     if not entries:
         report["error"] = "the spec tunes no hyperparameter: nothing to compare"
@@ -165,7 +173,11 @@ def verify_spec(
 
 def run_verify(args: argparse.Namespace) -> int:
     """CLI handler for ``revhpo verify``."""
-    from service.spec import SpecError
+    from revhpo.service.spec import SpecError
+
+    from revhpo.runtime import import_tensorflow
+
+    import_tensorflow()  # quietly, before revhpo.service.tuning imports it
 
     try:
         report = verify_spec(
@@ -206,11 +218,13 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """CLI handler for ``revhpo bench``."""
+    from revhpo.runtime import import_tensorflow, require_exact_ops
+
+    import_tensorflow()  # quietly, before its first import
     import tensorflow as tf
+    from revhpo.optimizers.benchmark import measure, mlp_problem, peak_memory
 
-    from optimizers.benchmark import measure, mlp_problem, peak_memory
-
-    tf.config.experimental.enable_op_determinism()
+    require_exact_ops()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
         mem_steps = [int(s) for s in args.memory_steps.split(",") if s.strip()]

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.spec import (
+from revhpo.service.spec import (
     CsvDataset,
     DigitsDataset,
     IdxDataset,
@@ -236,7 +235,7 @@ def read_arrays(spec: Any, dataset_dir: str | Path | None = None) -> tuple[np.nd
     """Load the raw (unsplit) features and labels a dataset spec describes.
 
     Args:
-        spec: one of the dataset models of :mod:`service.spec`.
+        spec: one of the dataset models of :mod:`revhpo.service.spec`.
         dataset_dir: where relative paths and uploaded ids are resolved.
 
     Returns:
@@ -288,7 +287,7 @@ def load_dataset(spec: Any, dataset_dir: str | Path | None = None) -> Dataset:
     """Load, split (deterministically from ``spec.split.seed``) and standardise a dataset.
 
     Args:
-        spec: one of the dataset models of :mod:`service.spec`.
+        spec: one of the dataset models of :mod:`revhpo.service.spec`.
         dataset_dir: where relative paths and uploaded ids are resolved.
 
     Returns:

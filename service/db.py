@@ -4,7 +4,7 @@ SQLite (the embedded default) runs in WAL mode with a busy timeout; every write 
 starts with `BEGIN IMMEDIATE`, so a writer takes the write lock up front and waits for it
 (busy timeout) instead of failing with "database is locked" on a read-to-write upgrade.
 PostgreSQL uses ordinary READ COMMITTED transactions; the queue's claim is one statement with
-`FOR UPDATE SKIP LOCKED` (see `service.queue`).
+`FOR UPDATE SKIP LOCKED` (see `revhpo.service.queue`).
 
 Every time that decides a lease comes from the database clock (`db_epoch()`), never from the
 clock of an API replica or a worker.

@@ -1,4 +1,4 @@
-"""ORM rows (SQLAlchemy 2.0). The API's request/response shapes live in `service.schemas`.
+"""ORM rows (SQLAlchemy 2.0). The API's request/response shapes live in `revhpo.service.schemas`.
 
 Times are float seconds since the Unix epoch taken from the database clock (`db_epoch()`), so
 lease arithmetic is one comparison in SQL on every backend.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from revhpo.service.db import db_epoch
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -22,8 +23,6 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from service.db import db_epoch
 
 
 class JobState(enum.StrEnum):

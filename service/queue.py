@@ -23,11 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from revhpo.service.db import db_epoch
+from revhpo.service.models import TERMINAL_STATES, Job, JobEvent, JobState
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
-
-from service.db import db_epoch
-from service.models import TERMINAL_STATES, Job, JobEvent, JobState
 
 
 class QueueError(Exception):
@@ -87,6 +86,24 @@ def _live(job_id: str, token: str):  # noqa: ANN202
         Job.state == JobState.running.value,
         Job.lease_expires_at >= db_epoch(),
     )
+
+
+def _update_live(session: Session, job_id: str, token: str, returning: tuple, **values: Any):  # noqa: ANN202
+    """Apply `values` to the job if the attempt still holds its lease; the `returning` row.
+
+    Raises:
+        LeaseLost: the lease expired or belongs to another attempt.
+    """
+    row = session.execute(
+        update(Job)
+        .where(_live(job_id, token))
+        .values(**values)
+        .returning(*returning)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        raise LeaseLost(job_id)
+    return row
 
 
 def enqueue(
@@ -243,15 +260,9 @@ def heartbeat(
     }
     if progress is not None:
         values["progress"] = progress
-    row = session.execute(
-        update(Job)
-        .where(_live(job_id, token))
-        .values(**values)
-        .returning(Job.cancel_requested, Job.seq, Job.attempts)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        raise LeaseLost(job_id)
+    row = _update_live(
+        session, job_id, token, (Job.cancel_requested, Job.seq, Job.attempts), **values
+    )
     return bool(row.cancel_requested)
 
 
@@ -301,15 +312,7 @@ def set_checkpoint(session: Session, *, job_id: str, token: str, checkpoint: str
     Raises:
         LeaseLost: the lease expired or belongs to another attempt.
     """
-    row = session.execute(
-        update(Job)
-        .where(_live(job_id, token))
-        .values(checkpoint=checkpoint, updated_at=db_epoch())
-        .returning(Job.seq)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        raise LeaseLost(job_id)
+    _update_live(session, job_id, token, (Job.seq,), checkpoint=checkpoint, updated_at=db_epoch())
 
 
 def add_artifact(session: Session, *, job_id: str, token: str, name: str) -> None:
@@ -327,17 +330,32 @@ def add_artifact(session: Session, *, job_id: str, token: str, name: str) -> Non
 
 def _finish(session: Session, job_id: str, token: str, event: dict[str, Any], **values: Any) -> Job:
     values.setdefault("updated_at", db_epoch())
-    row = session.execute(
-        update(Job)
-        .where(_live(job_id, token))
-        .values(lease_token=None, lease_expires_at=None, **values)
-        .returning(Job.seq, Job.attempts)
-        .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        raise LeaseLost(job_id)
+    row = _update_live(
+        session,
+        job_id,
+        token,
+        (Job.seq, Job.attempts),
+        lease_token=None,
+        lease_expires_at=None,
+        **values,
+    )
     session.execute(insert(JobEvent).values(job_seq=row.seq, attempt=row.attempts, data=event))
     return session.scalars(select(Job).where(Job.seq == row.seq)).one()
+
+
+def _end(
+    session: Session, job_id: str, token: str, state: JobState, event: dict[str, Any], **values: Any
+) -> Job:
+    """End the job for good in `state` (a `done` event carrying `event`'s keys too)."""
+    return _finish(
+        session,
+        job_id,
+        token,
+        {"type": "done", "state": state.value, **event},
+        state=state.value,
+        **values,
+        finished_at=db_epoch(),
+    )
 
 
 def complete(session: Session, *, job_id: str, token: str, result: dict[str, Any]) -> Job:
@@ -346,16 +364,7 @@ def complete(session: Session, *, job_id: str, token: str, result: dict[str, Any
     Raises:
         LeaseLost: the attempt no longer holds the lease; the result is discarded.
     """
-    return _finish(
-        session,
-        job_id,
-        token,
-        {"type": "done", "state": JobState.succeeded.value},
-        state=JobState.succeeded.value,
-        result=result,
-        error=None,
-        finished_at=db_epoch(),
-    )
+    return _end(session, job_id, token, JobState.succeeded, {}, result=result, error=None)
 
 
 def _backoff(base: float, cap: float):  # noqa: ANN202
@@ -393,15 +402,7 @@ def fail(
             requeues=Job.requeues + case((retry, 1), else_=0),
             finished_at=case((retry, None), else_=db_epoch()),
         )
-    return _finish(
-        session,
-        job_id,
-        token,
-        {"type": "done", "state": JobState.failed.value, "reason": reason},
-        state=JobState.failed.value,
-        error=reason,
-        finished_at=db_epoch(),
-    )
+    return _end(session, job_id, token, JobState.failed, {"reason": reason}, error=reason)
 
 
 def mark_cancelled(session: Session, *, job_id: str, token: str) -> Job:
@@ -410,14 +411,7 @@ def mark_cancelled(session: Session, *, job_id: str, token: str) -> Job:
     Raises:
         LeaseLost: the attempt no longer holds the lease.
     """
-    return _finish(
-        session,
-        job_id,
-        token,
-        {"type": "done", "state": JobState.cancelled.value},
-        state=JobState.cancelled.value,
-        finished_at=db_epoch(),
-    )
+    return _end(session, job_id, token, JobState.cancelled, {})
 
 
 def release(session: Session, *, job_id: str, token: str) -> Job:

@@ -1,26 +1,24 @@
 """Tuning results (``result.json``) and meta-state checkpoints, written atomically.
 
 ``result.json`` (``schema_version`` 1) is documented field by field in README.md ("result.json").
-A checkpoint is one ``.npz`` file holding the raw hyperparameters, the meta-optimizer state,
-the state before the last update (for backtracking) and a JSON document with the loop's
-counters and history; it is written to a temporary file and renamed, so a crash never leaves
-a half-written checkpoint.
+A checkpoint is the library's format (:mod:`revhpo.optimizers.checkpoint`) tagged with the
+spec's hash; it is written to a temporary file and renamed, so a crash never leaves a
+half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from optimizers.meta import MetaOptimizer, state_from_arrays, state_to_arrays
-from optimizers.tuning import MetaState
+from revhpo.optimizers import checkpoint
+from revhpo.optimizers.checkpoint import CheckpointError, to_jsonable
+from revhpo.optimizers.meta import MetaOptimizer
+from revhpo.optimizers.state import MetaState
 
 __all__ = [
     "RESULT_SCHEMA_VERSION",
@@ -34,27 +32,6 @@ __all__ = [
 
 RESULT_SCHEMA_VERSION = 1
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or belongs to a different spec."""
-
-
-def to_jsonable(x: Any) -> Any:
-    """NumPy/TF scalars and arrays → plain Python; non-finite floats → None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [to_jsonable(v) for v in x]
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    if isinstance(x, np.ndarray):
-        return to_jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 @dataclass
 class TuneResult:
-    """The outcome of :func:`service.tuning.tune`; ``to_dict()`` is the ``result.json`` document.
+    """The outcome of :func:`revhpo.service.tuning.tune`; ``to_dict()`` is ``result.json``.
 
     Attributes:
         status: ``completed`` (all meta-iterations), ``stopped`` (wall-time limit) or
@@ -143,86 +120,21 @@ class TuneResult:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    path: Path, state: MetaState, *, spec_hash: str, extra: dict[str, Any] | None = None
-) -> None:
-    """Write the meta-state to ``path`` atomically (one ``.npz``)."""
-    arrays: dict[str, np.ndarray] = {}
-    for k, v in state.raw.items():
-        arrays[f"raw/{k}"] = np.asarray(v, np.float64)
-    for k, v in state_to_arrays(state.opt_state).items():
-        arrays[f"opt/{k}"] = v
-    if state.prev_raw is not None:
-        for k, v in state.prev_raw.items():
-            arrays[f"prev_raw/{k}"] = np.asarray(v, np.float64)
-        for k, v in state_to_arrays(state.prev_opt_state).items():
-            arrays[f"prev_opt/{k}"] = v
-    meta = {
-        "version": CHECKPOINT_VERSION,
-        "spec_hash": spec_hash,
-        "iteration": state.iteration,
-        "step_scale": state.step_scale,
-        "backtracks": state.backtracks,
-        "stop_reason": state.stop_reason,
-        "history": to_jsonable(state.history),
-        "extra": to_jsonable(extra or {}),
-    }
-    arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
+def save_checkpoint(path: Path, state: MetaState, *, tag: str) -> None:
+    """Write the library's checkpoint of ``state`` to ``path`` atomically."""
+    atomic_write_bytes(Path(path), checkpoint.to_bytes(state, tag=tag))
 
 
-def load_checkpoint(
-    path: Path, opt: MetaOptimizer, *, spec_hash: str | None = None
-) -> tuple[MetaState, dict[str, Any]]:
+def load_checkpoint(path: Path, opt: MetaOptimizer, *, tag: str | None = None) -> MetaState:
     """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Args:
-        path: the ``.npz`` file.
-        opt: the meta-optimizer (to rebuild its state type).
-        spec_hash: when given, the checkpoint must belong to this spec.
-
-    Returns:
-        ``(state, extra)``.
 
     Raises:
         CheckpointError: unreadable, wrong version, or written for a different spec.
     """
     try:
-        with np.load(Path(path), allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in z.files}
-    except (OSError, ValueError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise CheckpointError(
             f"cannot read checkpoint: {exc}. Received: path={str(path)!r}"
         ) from exc
-    meta = json.loads(arrays.pop("meta_json").tobytes().decode("utf-8"))
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"unsupported checkpoint version. Received: version={meta.get('version')!r}"
-        )
-    if spec_hash is not None and meta["spec_hash"] != spec_hash:
-        raise CheckpointError(
-            "checkpoint was written for a different job spec (delete it or use another "
-            f"output directory). Received: path={str(path)!r}"
-        )
-
-    def part(prefix: str) -> dict[str, np.ndarray]:
-        n = len(prefix) + 1
-        return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
-
-    prev_raw = part("prev_raw") or None
-    state = MetaState(
-        iteration=int(meta["iteration"]),
-        raw=part("raw"),
-        opt_state=state_from_arrays(opt, part("opt")),
-        step_scale=float(meta["step_scale"]),
-        backtracks=int(meta["backtracks"]),
-        prev_raw=prev_raw,
-        prev_opt_state=state_from_arrays(opt, part("prev_opt")) if prev_raw is not None else None,
-        history=list(meta["history"]),
-        stop_reason=meta["stop_reason"],
-    )
-    return state, dict(meta.get("extra") or {})
+    return checkpoint.from_bytes(data, opt, tag=tag, where=f"path={str(path)!r}")

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from service.models import Dataset, Job, JobState
+from revhpo.service.models import Dataset, Job, JobState
 
 
 def iso(t: float | None) -> str | None:
@@ -126,18 +125,10 @@ class DatasetPublic(BaseModel):
 
     @classmethod
     def from_row(cls, d: Dataset) -> DatasetPublic:
-        """Build from the ORM row."""
-        return cls(
-            id=d.id,
-            filename=d.filename,
-            format=d.format,
-            size=d.size,
-            sha256=d.sha256,
-            n_rows=d.n_rows,
-            n_features=d.n_features,
-            n_classes=d.n_classes,
-            created_at=iso(d.created_at),
-        )
+        """Build from the ORM row: every field is the row's column of that name, and
+        `created_at` is given as ISO 8601."""
+        columns = {name: getattr(d, name) for name in cls.model_fields if name != "created_at"}
+        return cls(**columns, created_at=iso(d.created_at))
 
 
 class Health(BaseModel):

@@ -23,6 +23,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from revhpo.nets.config import MLPConfig, NetConfig
+from revhpo.optimizers.granularity import check_granularity
 
 __all__ = [
     "CsvDataset",
@@ -151,19 +153,12 @@ DatasetSpec = Annotated[
 
 
 # ----------------------------------------------------------------------------- net, training
-class NetSpec(BaseModel):
-    """A model family and its config, passed unchanged to ``nets.build_net``.
-
-    Only ``family`` is checked here; the other keys (``hidden``, ``activation``, ...) are the
-    family's own and are validated by ``nets`` when the problem is built.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    family: str = Field(..., min_length=1, description="model family, e.g. mlp, implicit, sss")
-
-    def config(self) -> dict[str, Any]:
-        """The dict handed to ``nets.build_net``."""
-        return self.model_dump()
+NetSpec = NetConfig
+"""The net section: one typed model per family (``revhpo.nets.config``), told apart by
+``family``. Unknown keys and invalid values are refused when the spec is loaded, naming the
+field (``net.mlp.activaton: Extra inputs are not permitted``); ``spec.net.config()`` is the
+dict handed to ``nets.build_net`` and ``spec.net.num_params(d, c)`` the exact parameter count.
+"""
 
 
 class TrainingSpec(_Model):
@@ -182,14 +177,6 @@ class TrainingSpec(_Model):
 
 
 # ----------------------------------------------------------------------------- hyperparameters
-_ALLOWED_GRANULARITY: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
-    "momentum": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
-    "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
-    "init_scale": ("scalar", "per_layer"),
-}
-
-
 class HyperparameterSpec(_Model):
     """One hyperparameter group: its initial value, whether it is tuned, and its granularity."""
 
@@ -216,12 +203,7 @@ class HyperparametersSpec(_Model):
     @classmethod
     def _check_group(cls, hp: HyperparameterSpec, info: ValidationInfo) -> HyperparameterSpec:
         name = info.field_name
-        allowed = _ALLOWED_GRANULARITY[name]
-        if hp.granularity not in allowed:
-            raise ValueError(
-                f"`granularity` of {name} must be one of {list(allowed)}. "
-                f"Received: granularity={hp.granularity!r}"
-            )
+        check_granularity(name, hp.granularity)
         v = hp.init
         ok, what = {
             "learning_rate": (v > 0, "> 0"),
@@ -288,7 +270,8 @@ class JobSpec(_Model):
     name: str = Field("tuning", max_length=200, description="free-form job name")
     dataset: DatasetSpec = Field(default_factory=DigitsDataset)
     net: NetSpec = Field(
-        default_factory=lambda: NetSpec(family="mlp", sizes=[50, 50], activation="tanh")
+        default_factory=lambda: MLPConfig(family="mlp", sizes=[50, 50], activation="tanh"),
+        description="the model: a family and its keys (see docs/nets.md)",
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)

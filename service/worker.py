@@ -4,8 +4,8 @@ It talks to the API only (no database credentials on GPU machines). For each cla
 
 1. downloads the job's datasets and its last checkpoint (if an earlier attempt left one)
    into a fresh out dir,
-2. starts `python -m service.worker_child` (a fresh process: TensorFlow frees GPU memory only
-   when its process exits), which calls `service.tuning.tune(..., resume=True)`,
+2. starts `python -m revhpo.service.worker_child` (a fresh process: TensorFlow frees GPU memory only
+   when its process exits), which calls `revhpo.service.tuning.tune(..., resume=True)`,
 3. heartbeats from its own thread (the training runs in another process and cannot block it)
    and forwards progress events; every checkpoint the tuning loop writes is uploaded at once,
 4. uploads `result.json` and the plots and reports success, or reports the failure.
@@ -15,6 +15,10 @@ worker kills the job process and drops the attempt without writing anything more
 SIGTERM/SIGINT: stop taking jobs, ask the running job to stop at its next meta-iteration
 (its checkpoint is uploaded) and hand it back; a second signal stops at once (hand back
 after killing the job process).
+
+All HTTP goes through :class:`revhpo.service.client.Client` (its retry policy, its errors).
+An API that cannot be reached is waited for; an API that refuses the worker's key (401: unknown,
+revoked or malformed; 403: not a worker key) stops the worker with exit status 2.
 """
 
 from __future__ import annotations
@@ -34,83 +38,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from revhpo.service.cli_client import WORKER_DESCRIPTION, WORKER_EPILOG, add_worker_arguments
+from revhpo.service.client import ApiError, Client, ClientError, LeaseLostError
+from revhpo.service.worker_child import ERROR_FILE, EXIT_CANCELLED, EXIT_OK
 
-from service.worker_child import ERROR_FILE, EXIT_CANCELLED, EXIT_OK
+from revhpo.runtime import quiet_tensorflow
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.npz"  # service.tuning.CHECKPOINT_FILE (not imported: no TF here)
 RESULT_FILE = "result.json"
 STEP_EVENT_PERIOD_S = 1.0
+EXIT_AUTH = 2  # the API refused the worker's key (401) or its role (403)
 
 
-class LeaseLostError(Exception):
-    """The API refused a write of this attempt (409): another attempt owns the job now."""
-
-
-class ApiClient:
-    """Minimal client of the worker protocol, with retries on transport errors."""
-
-    def __init__(self, api: str, token: str | None, timeout: float = 30.0, retries: int = 5):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=api.rstrip("/"), headers=headers, timeout=timeout)
-        self.retries = retries
-        self.lock = threading.Lock()
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self.http.close()
-
-    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        """Send with retries on connection errors and 503; 409 raises `LeaseLostError`.
-
-        Raises:
-            LeaseLostError: the attempt's lease is gone.
-            httpx.HTTPStatusError: any other 4xx/5xx.
-        """
-        delay = 0.5
-        for attempt in range(self.retries + 1):
-            try:
-                resp = self.http.request(method, url, **kw)
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
-                continue
-            if resp.status_code == 503 and attempt < self.retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
-                continue
-            if resp.status_code == 409:
-                raise LeaseLostError(resp.text)
-            resp.raise_for_status()
-            return resp
-        raise AssertionError("unreachable")
-
-    def post(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        """POST JSON."""
-        return self.request("POST", url, json=body)
-
-    def upload(self, url: str, path: Path, token: str) -> None:
-        """PUT a file as the body."""
-        data = path.read_bytes()
-        self.request("PUT", url, content=data, headers={"X-Lease-Token": token})
-
-    def download(self, url: str, dest: Path, token: str) -> bool:
-        """GET a file into `dest`; False on 404."""
-        try:
-            resp = self.request("GET", url, headers={"X-Lease-Token": token})
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 404:
-                return False
-            raise
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        tmp.write_bytes(resp.content)
-        tmp.replace(dest)
-        return True
+def _refused(exc: ApiError) -> bool:
+    """The API refused the worker's credentials (no retry can fix that)."""
+    return exc.status in (401, 403)
 
 
 @dataclass
@@ -152,6 +96,7 @@ class Worker:
         max_jobs: stop after this many jobs (None: run until signalled).
         grace_seconds: after SIGTERM, how long the job may take to reach a meta-iteration
             boundary before it is killed and handed back.
+        client: the API client to use (default: one made from ``api`` and ``token``).
     """
 
     def __init__(
@@ -164,8 +109,10 @@ class Worker:
         poll_seconds: float = 1.0,
         max_jobs: int | None = None,
         grace_seconds: float = 120.0,
+        client: Client | None = None,
     ):
-        self.client = ApiClient(api, token)
+        self.client = client or Client(api, token)
+        self.api = self.client.worker
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="revhpo-worker-"))
@@ -176,6 +123,7 @@ class Worker:
         self.hard_stop = threading.Event()
         self.current: Attempt | None = None
         self.jobs_run = 0
+        self.auth_error: ApiError | None = None
 
     # ------------------------------------------------------------------ signals
     def install_signal_handlers(self) -> None:
@@ -201,27 +149,49 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         """Claim and run jobs until drained (or `max_jobs`); returns an exit status."""
-        log.info("worker %s polling %s", self.name, self.client.http.base_url)
+        log.info("worker %s polling %s", self.name, self.client.base_url)
         try:
             while not self.draining.is_set():
                 if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
                     break
                 try:
-                    resp = self.client.post("/v1/worker/claim", {"worker": self.name})
-                except (httpx.HTTPError, LeaseLostError) as exc:
+                    claim = self.api.claim(self.name)
+                except ApiError as exc:
+                    if _refused(exc):
+                        self._auth_failed(exc)
+                        break
                     log.warning("claim failed: %s", exc)
                     self.draining.wait(self.poll_seconds * 3)
                     continue
-                if resp.status_code == 204:
+                except ClientError as exc:
+                    log.warning("claim failed: %s", exc)
+                    self.draining.wait(self.poll_seconds * 3)
+                    continue
+                if claim is None:
                     self.draining.wait(self.poll_seconds)
                     continue
-                self.run_job(resp.json())
+                self.run_job(claim)
                 self.jobs_run += 1
         finally:
             self.client.close()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self.auth_error is not None:
+            return EXIT_AUTH
         return 0
+
+    def _auth_failed(self, exc: ApiError) -> None:
+        """The API refused this worker's key: stop taking jobs (the operator must act)."""
+        if self.auth_error is None:
+            self.auth_error = exc
+            log.error(
+                "worker %s: the API at %s refused the worker key: %s. Check --token or "
+                "$REVHPO_TOKEN (a worker key is made by `revhpo keys create --worker`); stopping",
+                self.name,
+                self.client.base_url,
+                exc,
+            )
+        self.draining.set()
 
     def run_job(self, claim: dict[str, Any]) -> str:
         """Run one claimed job to its end; returns what happened (for logs and tests)."""
@@ -258,20 +228,11 @@ class Worker:
 
     # ------------------------------------------------------------------ one attempt
     def _run_attempt(self, att: Attempt, claim: dict[str, Any]) -> str:
-        base = f"/v1/worker/jobs/{att.job_id}"
         dataset_dir = att.out_dir / "datasets"
         for ds in claim.get("dataset_ids") or []:
-            resp = self.client.request(
-                "GET", f"{base}/datasets/{ds}", headers={"X-Lease-Token": att.token}
-            )
-            cd = resp.headers.get("content-disposition", "")
-            ext = ".csv" if ".csv" in cd else ".npz"
-            dataset_dir.mkdir(parents=True, exist_ok=True)
-            (dataset_dir / f"{ds}{ext}").write_bytes(resp.content)
+            self.api.download_dataset(att.job_id, att.token, ds, dataset_dir)
         if claim.get("checkpoint"):
-            got = self.client.download(
-                f"{base}/checkpoint", att.out_dir / CHECKPOINT_FILE, att.token
-            )
+            got = self.api.download_checkpoint(att.job_id, att.token, att.out_dir / CHECKPOINT_FILE)
             log.info("job %s: resuming from checkpoint: %s", att.job_id, got)
         spec_path = att.out_dir / "spec.json"
         spec_path.write_text(json.dumps(claim["spec"]), encoding="utf-8")
@@ -280,7 +241,7 @@ class Worker:
         cmd = [
             sys.executable,
             "-m",
-            "service.worker_child",
+            "revhpo.service.worker_child",
             "--spec",
             str(spec_path),
             "--out-dir",
@@ -295,7 +256,7 @@ class Worker:
             str(os.getpid()),
         ]
         if att.lost.is_set():
-            raise LeaseLostError(att.job_id)
+            return "lease_lost"
         att.proc = subprocess.Popen(cmd, pass_fds=(w_fd,), start_new_session=True)
         os.close(w_fd)
         reader = threading.Thread(
@@ -323,14 +284,13 @@ class Worker:
         self._flush_events(att)
         if att.lost.is_set():
             return "lease_lost"
-        base_kw = {"token": att.token}
         if code == EXIT_OK:
             return self._report_success(att)
         if code == EXIT_CANCELLED or (code < 0 and (self.draining.is_set() or att.cancel.is_set())):
             if att.cancel.is_set() and not self.draining.is_set():
-                self.client.post(f"{base}/cancelled", base_kw)
+                self.api.cancelled(att.job_id, att.token)
                 return "cancelled"
-            self.client.post(f"{base}/release", base_kw)
+            self.api.release(att.job_id, att.token)
             return "released"
         err_file = att.out_dir / ERROR_FILE
         if code > 0 and err_file.exists():
@@ -340,40 +300,46 @@ class Worker:
         return self._report_fail(att, f"job process died ({how})", True)
 
     def _report_success(self, att: Attempt) -> str:
-        base = f"/v1/worker/jobs/{att.job_id}"
         result = json.loads((att.out_dir / RESULT_FILE).read_text(encoding="utf-8"))
         files = [RESULT_FILE, *sorted((result.get("files") or {}).get("plots", {}).values())]
         for name in files:
             path = att.out_dir / name
             if path.is_file():
-                self.client.upload(f"{base}/artifacts/{name}", path, att.token)
-        self.client.post(f"{base}/complete", {"token": att.token, "result": result})
+                self.api.upload_artifact(att.job_id, att.token, path, name)
+        self.api.complete(att.job_id, att.token, result)
         return "succeeded"
 
     def _report_fail(self, att: Attempt, reason: str, retryable: bool) -> str:
         try:
-            self.client.post(
-                f"/v1/worker/jobs/{att.job_id}/fail",
-                {"token": att.token, "reason": reason[:4000], "retryable": retryable},
-            )
+            self.api.fail(att.job_id, att.token, reason, retryable=retryable)
         except LeaseLostError:
             return "lease_lost"
+        except ClientError as exc:  # the lease expires and the reaper retries the job
+            if isinstance(exc, ApiError) and _refused(exc):
+                self._auth_failed(exc)
+            log.error("job %s: could not report the failure (%s): %s", att.job_id, reason, exc)
+            return "unreported"
         return "failed" if not retryable else "retry"
 
     # ------------------------------------------------------------------ threads
     def _heartbeat_loop(self, att: Attempt, period: float) -> None:
         """Extend the lease every `period` seconds until the attempt ends."""
-        url = f"/v1/worker/jobs/{att.job_id}/heartbeat"
         while not att.done.wait(period):
             try:
-                resp = self.client.post(url, {"token": att.token})
-                self._on_lease_response(att, resp.json())
+                self._on_lease_response(att, self.api.heartbeat(att.job_id, att.token))
             except LeaseLostError:
                 log.warning("job %s: lease lost; abandoning the attempt", att.job_id)
                 att.lost.set()
                 att.kill()
                 return
-            except httpx.HTTPError as exc:
+            except ApiError as exc:
+                if _refused(exc):  # the key was revoked: nothing this attempt writes counts
+                    self._auth_failed(exc)
+                    att.lost.set()
+                    att.kill()
+                    return
+                log.warning("job %s: heartbeat failed: %s", att.job_id, exc)
+            except ClientError as exc:
                 log.warning("job %s: heartbeat failed: %s", att.job_id, exc)
 
     def _on_lease_response(self, att: Attempt, body: dict[str, Any]) -> None:
@@ -407,17 +373,13 @@ class Worker:
                     if kind == "checkpoint":
                         path = att.out_dir / CHECKPOINT_FILE
                         if path.is_file():
-                            self.client.upload(
-                                f"/v1/worker/jobs/{att.job_id}/checkpoint/{CHECKPOINT_FILE}",
-                                path,
-                                att.token,
-                            )
+                            self.api.upload_checkpoint(att.job_id, att.token, path)
                     if kind in ("meta", "checkpoint", "evaluation", "finished") or (kind == "step"):
                         self._flush_events(att)
                 except LeaseLostError:
                     att.lost.set()
                     att.kill()
-                except httpx.HTTPError as exc:
+                except ClientError as exc:
                     log.warning("job %s: event upload failed: %s", att.job_id, exc)
 
     def _flush_events(self, att: Attempt) -> None:
@@ -426,21 +388,23 @@ class Worker:
         if not batch or att.lost.is_set():
             return
         try:
-            resp = self.client.post(
-                f"/v1/worker/jobs/{att.job_id}/events", {"token": att.token, "events": batch}
-            )
-            self._on_lease_response(att, resp.json())
+            self._on_lease_response(att, self.api.send_events(att.job_id, att.token, batch))
         except LeaseLostError:
             att.lost.set()
             att.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m service.worker --api URL [--token KEY]`."""
+    """`python -m revhpo.service.worker --api URL [--token KEY]`; returns the exit status."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m service.worker")
-    add_arguments(p)
+    p = argparse.ArgumentParser(
+        prog="python -m revhpo.service.worker",
+        description=WORKER_DESCRIPTION,
+        epilog=WORKER_EPILOG,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_worker_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -448,23 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(args)
 
 
-def add_arguments(p: Any) -> None:
-    """The worker's command-line flags (shared with `revhpo worker`)."""
-    p.add_argument("--api", default=os.environ.get("REVHPO_API", "http://127.0.0.1:8765"))
-    p.add_argument("--token", default=os.environ.get("REVHPO_TOKEN"), help="worker API key")
-    p.add_argument("--name", default=None, help="worker name (default host-pid)")
-    p.add_argument("--work-dir", type=Path, default=None, help="scratch space for job out dirs")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between claims when idle")
-    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
-    p.add_argument("--grace", type=float, default=120.0, help="SIGTERM grace (seconds)")
+add_arguments = add_worker_arguments  # the flags shared with `revhpo worker`
 
 
 def run_from_args(args: Any) -> int:
-    """Build and run a worker from parsed flags."""
+    """Build and run a worker from parsed flags; returns the exit status."""
+    quiet_tensorflow()  # inherited by the job processes, which import TensorFlow
     logging.getLogger("httpx").setLevel(logging.WARNING)
     w = Worker(
         args.api,
-        args.token,
+        args.token or os.environ.get("REVHPO_TOKEN") or None,
         name=args.name,
         work_dir=args.work_dir,
         poll_seconds=args.poll,

@@ -1,8 +1,8 @@
-"""One tuning job in its own process: `python -m service.worker_child ...`.
+"""One tuning job in its own process: `python -m revhpo.service.worker_child ...`.
 
 The worker starts a fresh process per job so that TensorFlow's memory (GPU memory above all,
 which TensorFlow keeps until its process exits) is returned when the job ends. The process
-calls `service.tuning.tune(..., resume=True)`, writes each progress event as one JSON line to
+calls `revhpo.service.tuning.tune(..., resume=True)`, writes each progress event as one JSON line to
 the file descriptor `--events-fd`, and stops at the next meta-iteration once `--stop-file`
 exists.
 
@@ -36,7 +36,7 @@ def die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one job; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m service.worker_child")
+    p = argparse.ArgumentParser(prog="python -m revhpo.service.worker_child")
     p.add_argument("--spec", type=Path, required=True, help="the job spec (JSON)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--dataset-dir", type=Path, default=None)
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.out_dir / ERROR_FILE).write_text(json.dumps(doc), encoding="utf-8")
 
     try:
-        from service.tuning import Cancelled, tune
+        from revhpo.runtime import import_tensorflow
+
+        import_tensorflow()  # quietly: the job's log is the user's, not TensorFlow's start-up
+        from revhpo.service.tuning import Cancelled, tune
     except Exception as exc:  # noqa: BLE001 (a broken install fails the job, with the reason)
         write_error(exc)
         return EXIT_FAILED

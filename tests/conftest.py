@@ -3,9 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# As the revhpo packages do on import: float32 oneDNN kernels break bit-exact reversal.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import tensorflow as tf  # noqa: E402
+from revhpo.runtime import require_exact_ops  # noqa: E402  (importing revhpo sets oneDNN off)
 
-tf.config.experimental.enable_op_determinism()
+require_exact_ops()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from optimizers import minibatch_indices
+from revhpo.optimizers import minibatch_indices
 
 
 def make_problem(

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
+
+# Each test here runs real TensorFlow jobs in subprocesses: the full tier only.
+pytestmark = pytest.mark.slow
 
 SPEC = {
     "name": "verify_tiny",
@@ -25,7 +29,7 @@ SPEC = {
 def _revhpo(*args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "revhpo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,9 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-
-from service.data import DataError, load_dataset, read_idx
-from service.spec import load_spec
+from revhpo.service.data import DataError, load_dataset, read_idx
+from revhpo.service.spec import load_spec
 
 
 def ds(doc):

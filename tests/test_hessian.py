@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from hessian import dense_hessian, grad_and_hvp, grad_hvp_mixed, hvp
+from revhpo.hessian import dense_hessian, grad_and_hvp, grad_hvp_mixed, hvp
 
 
 def _mlp_loss(w0, b0, w1, b1):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import nets
+from revhpo import nets
 
 F64 = tf.float64
 

@@ -11,9 +11,9 @@ through the unrolled float training loop to relative error ≤ 1e-6.
 import numpy as np
 import pytest
 import tensorflow as tf
+from revhpo.optimizers import hypergradient, minibatch_indices, unrolled_hypergradient
 
-import nets
-from optimizers import hypergradient, minibatch_indices, unrolled_hypergradient
+from revhpo import nets
 
 RTOL_UNROLLED = 1e-6
 N_STEPS = 10
@@ -62,6 +62,7 @@ def _max_rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_reversible_training_is_exact_and_matches_unrolled(case):
     cfg, d_in, d_out = CASES[case]

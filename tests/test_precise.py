@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from precise import (
+from revhpo.precise import (
     FixedArray,
     FixedPointOverflowError,
     Rational,
@@ -59,6 +58,7 @@ def test_random_op_sequences_reverse_exactly(shape, seq, seed, maxden, group):
     assert a.buffer.is_empty()
 
 
+@pytest.mark.slow
 def test_long_run_ten_thousand_steps_exact():
     x0 = np.random.default_rng(1).normal(size=100_000)
     a = FixedArray(x0)
@@ -199,7 +199,7 @@ def test_flush_moves_the_register_out_and_restore_brings_it_back():
 
 @pytest.mark.parametrize("d", [1, 2, 3, 9, 10, 100, 65521, 2**16, 2**24])
 def test_floor_divmod_is_exact_over_the_whole_range(d):
-    from precise.buffer import floor_divmod
+    from revhpo.precise.buffer import floor_divmod
 
     rng = np.random.default_rng(d)
     edges = [2**62 - 1, -(2**62) + 1, 0, -1, 1, d, -d, d - 1, 1 - d, 2**53 + 1, -(2**53) - 1]
@@ -211,7 +211,7 @@ def test_floor_divmod_is_exact_over_the_whole_range(d):
 
 @pytest.mark.parametrize("d", [1, 3, 10, 65521, 2**16, 2**24])
 def test_small_floor_divmod_is_exact_below_two_to_the_48(d):
-    from precise.buffer import _small_floor_divmod
+    from revhpo.precise.buffer import _small_floor_divmod
 
     rng = np.random.default_rng(d)
     top = min(2**48, d * 2**24)

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from mlp_problem import make_problem, max_rel_error, schedules
-
-from optimizers import (
+from revhpo.optimizers import (
     DivergenceError,
     ExactnessError,
+    PlainSGD,
     hypergradient,
     minibatch_indices,
-    plain_sgd,
     unrolled_hypergradient,
 )
 
@@ -33,6 +32,7 @@ def _check_against_unrolled(problem, alpha, gamma, dtype=tf.float64):
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_per_layer_per_step_hypergradients_equal_unrolled_autodiff(activation):
     problem = make_problem(activation=activation, sizes=(5, 8, 7, 3))
@@ -40,12 +40,14 @@ def test_per_layer_per_step_hypergradients_equal_unrolled_autodiff(activation):
     _check_against_unrolled(problem, alpha, gamma)
 
 
+@pytest.mark.slow
 def test_two_hundred_steps_equal_unrolled_autodiff():
     problem = make_problem(sizes=(4, 6, 3), n_train=36, batch=9)
     alpha, gamma = schedules(200, len(problem[2]), alpha=(0.05, 0.2), gamma=(0.8, 0.95))
     _check_against_unrolled(problem, alpha, gamma)
 
 
+@pytest.mark.slow
 def test_scalar_schedule_gradients_are_sums_of_the_per_step_ones():
     # a scalar alpha is a broadcast of the [T, K] schedule: its gradient is the sum
     problem = make_problem(sizes=(4, 6, 3))
@@ -58,6 +60,7 @@ def test_scalar_schedule_gradients_are_sums_of_the_per_step_ones():
     assert float(d_a) == pytest.approx(float(tf.reduce_sum(res.d_alpha)), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_init_scale_gradient_by_chain_rule_matches_finite_differences():
     train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
     alpha, gamma = schedules(20, len(w0))
@@ -69,7 +72,7 @@ def test_init_scale_gradient_by_chain_rule_matches_finite_differences():
 
     def f(s):
         w = [x * s[i // 2] for i, x in enumerate(w0)]
-        return float(val_loss(plain_sgd(train_loss, w, alpha, res.gamma_applied, theta)))
+        return float(val_loss(PlainSGD(train_loss).run(w, alpha, res.gamma_applied, theta)[0]))
 
     eps = 1e-6
     for j in range(2):
@@ -78,6 +81,7 @@ def test_init_scale_gradient_by_chain_rule_matches_finite_differences():
         assert d_scales[j] == pytest.approx(fd, rel=RTOL_FD)
 
 
+@pytest.mark.slow
 def test_hypergradients_match_central_finite_differences():
     train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
     k = len(w0)
@@ -86,7 +90,7 @@ def test_hypergradients_match_central_finite_differences():
     gam = res.gamma_applied
 
     def f(a, g, th):
-        return float(val_loss(plain_sgd(train_loss, w0, a, g, th)))
+        return float(val_loss(PlainSGD(train_loss).run(w0, a, g, th)[0]))
 
     eps = 1e-6
     rng = np.random.default_rng(5)
@@ -104,6 +108,7 @@ def test_hypergradients_match_central_finite_differences():
     assert float(res.d_theta[0]) == pytest.approx(fd_t, rel=RTOL_FD)
 
 
+@pytest.mark.slow
 def test_float32_evaluation_is_still_exact():
     problem = make_problem(sizes=(5, 8, 3))
     alpha, gamma = schedules(30, len(problem[2]))
@@ -146,6 +151,7 @@ def test_nan_loss_names_the_step():
         hypergradient(poisoned, val_loss, w0, *schedules(20, len(w0)), theta)
 
 
+@pytest.mark.slow
 def test_hidden_state_in_the_loss_is_caught_by_the_certificate():
     train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3), weight_decay=False)
     calls = tf.Variable(0.0, dtype=tf.float64)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from service.spec import JobSpec, SpecError, json_schema, load_spec
+from revhpo.service.spec import JobSpec, SpecError, json_schema, load_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -109,7 +108,7 @@ def test_required_examples_exist():
 
 
 def test_cli_schema_and_check(capsys):
-    from service.cli import main
+    from revhpo.service.cli import main
 
     assert main(["tune", "--schema"]) == 0
     out = capsys.readouterr().out
@@ -119,7 +118,7 @@ def test_cli_schema_and_check(capsys):
 
 
 def test_cli_invalid_spec_names_field(tmp_path, capsys):
-    from service.cli import main
+    from revhpo.service.cli import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("meta:\n  iterations: -3\n")

@@ -9,25 +9,23 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from optimizers import DivergenceError
-from optimizers.hyperparams import (
+from revhpo.optimizers import DivergenceError, MetaState, Tuner, TunerConfig
+from revhpo.optimizers.hyperparams import (
     HyperGroup,
     Layout,
     Parametrization,
     from_unconstrained,
     to_unconstrained,
 )
-from optimizers.meta import (
+from revhpo.optimizers.meta import (
     adam,
     clip_by_global_norm,
     sgd,
     state_from_arrays,
     state_to_arrays,
 )
-from optimizers.tuning import MetaState, meta_step
-from service.spec import SpecError, load_spec
-from service.tuning import Cancelled, build_problem, tune
+from revhpo.service.spec import SpecError, load_spec
+from revhpo.service.tuning import Cancelled, build_problem, tune
 
 # Two layers: kernel [3, 4] + bias [4] (layer 0), kernel [4, 2] + bias [2] (layer 1).
 LAYOUT = Layout(steps=5, param_layers=(0, 0, 1, 1), param_shapes=((3, 4), (4,), (4, 2), (2,)))
@@ -176,28 +174,31 @@ def problem():
 
 
 def test_problem_contract(problem):
-    assert set(problem.raw) == {
+    assert set(problem.initial_raw()) == {
         "log_learning_rate",
         "logit_momentum",
         "log_weight_decay",
         "log_init_scale",
     }
-    assert all(isinstance(v, tf.Variable) for v in problem.raw.values())
-    assert problem.raw["log_learning_rate"].shape == (6, 2)
-    ev = problem.evaluate(problem.raw, seed=5)
-    assert set(ev.grads) == set(problem.raw)
+    assert all(v.dtype == np.float64 for v in problem.initial_raw().values())
+    assert problem.initial_raw()["log_learning_rate"].shape == (6, 2)
+    ev = problem.evaluate(problem.initial_raw(), seed=5)
+    assert set(ev.grads) == set(problem.initial_raw())
     assert ev.hyper.certificate.ok
     for k, g in ev.grads.items():
-        assert g.shape == tuple(problem.raw[k].shape) and np.all(np.isfinite(g))
+        assert g.shape == tuple(problem.initial_raw()[k].shape) and np.all(np.isfinite(g))
         assert np.any(g != 0), k
     # the exact run and plain float64 training reach the same validation loss
-    assert math.isclose(ev.val_loss, problem.val_loss_only(problem.raw, seed=5), rel_tol=1e-9)
+    assert math.isclose(
+        ev.val_loss, problem.val_loss_only(problem.initial_raw(), seed=5), rel_tol=1e-9
+    )
 
 
+@pytest.mark.slow
 def test_hypergradients_match_finite_differences(problem):
     """d f / d raw (exact reverse + pull-back) vs central differences of plain training."""
     rng = np.random.default_rng(0)
-    raw = {k: v.numpy() + 0.1 * rng.normal(size=v.shape) for k, v in problem.raw.items()}
+    raw = {k: v + 0.1 * rng.normal(size=v.shape) for k, v in problem.initial_raw().items()}
     ev = problem.evaluate(raw, seed=11)
     eps = 1e-4
     for key in raw:
@@ -211,10 +212,10 @@ def test_hypergradients_match_finite_differences(problem):
 
 
 def test_seed_changes_minibatches_and_init(problem):
-    a = problem.val_loss_only(problem.raw, seed=1)
-    b = problem.val_loss_only(problem.raw, seed=2)
+    a = problem.val_loss_only(problem.initial_raw(), seed=1)
+    b = problem.val_loss_only(problem.initial_raw(), seed=2)
     assert a != b
-    assert problem.val_loss_only(problem.raw, seed=1) == a
+    assert problem.val_loss_only(problem.initial_raw(), seed=1) == a
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -238,19 +239,22 @@ class _Stub:
 
 def test_divergence_backtracks_then_stops():
     stub = _Stub(fail={1, 2, 3})
-    opt = adam(0.1)
+    backtrack = Tuner(stub, TunerConfig(optimizer="adam", step_size=0.1, max_backtracks=1))
+    opt = backtrack.opt
     raw = {"log_learning_rate": np.array(0.0)}
     prev = {"log_learning_rate": np.array(-1.0)}
     st = MetaState(1, raw, opt.init(raw), prev_raw=prev, prev_opt_state=opt.init(prev))
-    st2, rec = meta_step(stub, opt, st, seed=0, on_divergence="backtrack", max_backtracks=1)
+    st2, rec = backtrack.step(st)
     assert rec["diverged"] and rec["action"] == "backtrack"
     assert st2.raw is prev and st2.step_scale == 0.5 and st2.stop_reason is None
-    st3, rec = meta_step(stub, opt, st2, seed=1, on_divergence="backtrack", max_backtracks=1)
+    st3, rec = backtrack.step(st2)
     assert rec["action"] == "stop" and "step 2" in st3.stop_reason
-    st4, rec = meta_step(stub, opt, st, seed=0, on_divergence="stop")
+    stop = Tuner(stub, TunerConfig(on_divergence="stop"))
+    st4, rec = stop.step(st)
     assert st4.stop_reason and "on_divergence='stop'" in st4.stop_reason
 
 
+@pytest.mark.slow
 def test_diverging_job_stops_with_reason(tmp_path):
     spec = tiny_spec(
         hyperparameters={"learning_rate": {"init": 1e7, "tune": True}},
@@ -271,6 +275,7 @@ def _strip(history):
     return [{k: v for k, v in h.items() if k not in ("timings", "time_s")} for h in history]
 
 
+@pytest.mark.slow
 def test_tune_writes_results_plots_and_events(tmp_path):
     events = []
     spec = tiny_spec()
@@ -301,6 +306,7 @@ def test_tune_writes_results_plots_and_events(tmp_path):
     json.dumps(events)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path):
     spec = tiny_spec(meta={"iterations": 4, "eval_seeds": 1})
     full = tune(spec, tmp_path / "full")
@@ -322,12 +328,13 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     assert resumed.evaluation == full.evaluation
     # a checkpoint of another spec is refused
     other = tiny_spec(meta={"iterations": 4, "eval_seeds": 1, "step_size": 0.2})
-    from service.results import CheckpointError
+    from revhpo.service.results import CheckpointError
 
-    with pytest.raises(CheckpointError, match="different job spec"):
+    with pytest.raises(CheckpointError, match="different job"):
         tune(other, tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_wall_time_limit_stops(tmp_path):
     spec = tiny_spec(limits={"max_wall_time_s": 1e-6}, meta={"iterations": 5, "eval_seeds": 0})
     res = tune(spec, tmp_path)
@@ -342,15 +349,16 @@ def test_limits_and_batch_checked(tmp_path):
         build_problem(tiny_spec(training={"batch_size": 41}))
 
 
+@pytest.mark.slow
 def test_cli_tune_runs(tmp_path, capsys):
-    from service.cli import main
+    from revhpo.service.cli import main
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(tiny_spec(meta={"iterations": 2}).model_dump(mode="json")))
     assert main(["tune", str(path), "--out", str(tmp_path / "o"), "--iterations", "1"]) == 0
     out = capsys.readouterr()
     assert "status: completed" in out.out and "held-out" in out.out
-    assert "meta 1/1" in out.err
+    assert "meta-iteration 1/1" in out.err
     assert json.loads((tmp_path / "o" / "result.json").read_text())["meta_iterations"] == 1
 
 
@@ -361,6 +369,7 @@ def test_default_spec_builds_the_digits_problem():
     assert problem.dataset_summary["n_train"] == 1000
 
 
+@pytest.mark.slow
 def test_per_weight_decay_and_float32_hypergradients():
     spec = tiny_spec(
         training={"steps": 4, "dtype": "float32"},
@@ -372,8 +381,8 @@ def test_per_weight_decay_and_float32_hypergradients():
         },
     )
     problem = build_problem(spec)
-    assert problem.raw["log_weight_decay"].shape == (6 * 5 + 5 + 5 * 3 + 3,)
-    ev = problem.evaluate(problem.raw, seed=4)
+    assert problem.initial_raw()["log_weight_decay"].shape == (6 * 5 + 5 + 5 * 3 + 3,)
+    ev = problem.evaluate(problem.initial_raw(), seed=4)
     assert ev.hyper.certificate.ok
     g = ev.grads["log_weight_decay"]
     assert np.all(np.isfinite(g)) and np.count_nonzero(g) > g.size // 2
@@ -381,7 +390,7 @@ def test_per_weight_decay_and_float32_hypergradients():
     rng = np.random.default_rng(5)
     d = rng.normal(size=g.shape)
     d /= np.linalg.norm(d)
-    raw = {k: v.numpy() for k, v in problem.raw.items()}
+    raw = problem.initial_raw()
     eps = 0.05
     plus = {**raw, "log_weight_decay": raw["log_weight_decay"] + eps * d}
     minus = {**raw, "log_weight_decay": raw["log_weight_decay"] - eps * d}
@@ -391,6 +400,7 @@ def test_per_weight_decay_and_float32_hypergradients():
     assert math.isclose(an, fd, rel_tol=5e-2), (an, fd)
 
 
+@pytest.mark.slow
 def test_autoencoder_spec_builds_a_reconstruction_problem_and_is_exact():
     """An autoencoder's output width is the input width, not the class count."""
     spec = tiny_spec(
@@ -403,8 +413,8 @@ def test_autoencoder_spec_builds_a_reconstruction_problem_and_is_exact():
         training={"steps": 4},
     )
     problem = build_problem(spec)
-    assert problem.task == "reconstruction"
+    assert problem.net.task == "reconstruction"
     assert problem.net.output_dim == problem.net.input_dim == 6
-    ev = problem.evaluate(problem.raw, seed=2)
+    ev = problem.evaluate(problem.initial_raw(), seed=2)
     assert ev.hyper.certificate.ok
     assert np.isfinite(ev.val_loss)

@@ -1,8 +1,8 @@
-"""`python -m service.api`: serve the API with the settings from the environment."""
+"""`python -m revhpo.service.api`: serve the API with the settings from the environment."""
 
 import logging
 
-from service.api.server import serve
+from revhpo.service.api.server import serve
 
 if __name__ == "__main__":
     logging.basicConfig(

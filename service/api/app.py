@@ -9,14 +9,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from revhpo.service import queue
+from revhpo.service.artifacts import ArtifactStore
+from revhpo.service.db import get_engine, session_scope
+from revhpo.service.schemas import Health
+from revhpo.service.settings import Settings, get_settings
+from revhpo.service.spec import JobSpec
 from sqlalchemy import text
 
-from service import queue
-from service.artifacts import ArtifactStore
-from service.db import get_engine, session_scope
-from service.schemas import Health
-from service.settings import Settings, get_settings
-from service.spec import JobSpec
+from revhpo.runtime import __version__
 
 from . import datasets, jobs, problems, worker
 from .deps import EngineDep
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
 
     app = FastAPI(
         title="revhpo",
-        version="0.1.0",
+        version=__version__,
         description="Tuning jobs over HTTP: hyperparameters tuned by gradient descent through "
         "exactly reversible training. Errors are application/problem+json.",
         lifespan=lifespan,

@@ -8,12 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
-
-from service import queue
-from service.auth import Principal
-from service.db import session_scope
-from service.models import Dataset
-from service.schemas import DatasetPublic, Problem
+from revhpo.service import queue
+from revhpo.service.auth import Principal
+from revhpo.service.db import session_scope
+from revhpo.service.models import Dataset
+from revhpo.service.schemas import DatasetPublic, Problem
 
 from .deps import EngineDep, PrincipalDep, SettingsDep, StoreDep
 from .problems import ProblemError
@@ -24,9 +23,8 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 def _inspect(path: Path, dataset_id: str) -> tuple[int, int, int]:
     """(rows, features, classes) of an uploaded file, read the way a job will read it."""
     import numpy as np
-
-    from service.data import DataError, read_arrays
-    from service.spec import UploadedDataset
+    from revhpo.service.data import DataError, read_arrays
+    from revhpo.service.spec import UploadedDataset
 
     try:
         x, y = read_arrays(UploadedDataset(id=dataset_id), path.parent)

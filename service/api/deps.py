@@ -6,13 +6,12 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from revhpo.service.artifacts import ArtifactStore
+from revhpo.service.auth import ANONYMOUS_OWNER, Principal, authenticate
+from revhpo.service.db import session_scope
+from revhpo.service.settings import Settings, is_loopback
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
-
-from service.artifacts import ArtifactStore
-from service.auth import ANONYMOUS_OWNER, Principal, authenticate
-from service.db import session_scope
-from service.settings import Settings, is_loopback
 
 from .problems import ProblemError
 

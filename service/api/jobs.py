@@ -13,15 +13,14 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
+from revhpo.service import queue
+from revhpo.service.auth import Principal
+from revhpo.service.db import StorageError, session_scope
+from revhpo.service.models import Dataset, Job, JobState
+from revhpo.service.schemas import JobDetail, JobPublic, JobResult, JobsPage, Problem
+from revhpo.service.settings import Settings
+from revhpo.service.spec import JobSpec
 from sqlalchemy import select
-
-from service import queue
-from service.auth import Principal
-from service.db import StorageError, session_scope
-from service.models import Dataset, JobState
-from service.schemas import JobDetail, JobPublic, JobResult, JobsPage, Problem
-from service.settings import Settings
-from service.spec import JobSpec
 
 from .deps import EngineDep, PrincipalDep, ReadSessionDep, SettingsDep, StoreDep
 from .limits import dataset_shape, job_cost
@@ -55,6 +54,18 @@ _API_DATASET_KINDS = ("digits", "synthetic", "uploaded")
 
 def _not_found(job_id: str) -> ProblemError:
     return ProblemError(404, "Not found", f"no job with id {job_id!r}", field="id")
+
+
+def _owned_job(session, job_id: str, owner: str) -> Job:  # noqa: ANN001
+    """The job `job_id` of `owner`.
+
+    Raises:
+        ProblemError: 404 when the owner has no such job.
+    """
+    try:
+        return queue.get_job(session, job_id, owner)
+    except queue.NotFound as exc:
+        raise _not_found(job_id) from exc
 
 
 def parse_document(raw: bytes, content_type: str) -> Any:
@@ -143,12 +154,21 @@ def _check_policy(
             f"synthetic data of {shape[0]}x{shape[1]} values exceeds 5e7",
             field="dataset.n_samples",
         )
-    cost, params = job_cost(spec, shape)
+    try:
+        cost, params = job_cost(spec, shape)
+    except ValueError as exc:  # e.g. `time_steps` does not divide the dataset's features
+        raise ProblemError(
+            422,
+            "Invalid job spec",
+            f"the net cannot be built on this dataset ({shape[1]} features, {shape[2]} "
+            f"classes): {exc}",
+            field="net",
+        ) from exc
     if params * spec.training.steps > spec.limits.max_params_x_steps:
         raise ProblemError(
             422,
             "Job too large",
-            f"about {params} parameters x {spec.training.steps} steps exceeds the spec's "
+            f"{params} parameters x {spec.training.steps} steps exceeds the spec's "
             f"limits.max_params_x_steps={spec.limits.max_params_x_steps}",
             field="training.steps",
         )
@@ -156,7 +176,7 @@ def _check_policy(
         raise ProblemError(
             422,
             "Job too large",
-            f"estimated size {cost:.3g} (about {params} parameters x {spec.training.steps} "
+            f"estimated size {cost:.3g} ({params} parameters x {spec.training.steps} "
             f"steps x {spec.meta.iterations} meta-iterations) exceeds this server's limit "
             f"{settings.max_job_cost:.3g}",
             field="meta.iterations",
@@ -264,10 +284,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobDetail, responses=PROBLEMS, summary="A job")
 def get_job(job_id: str, principal: PrincipalDep, session: ReadSessionDep) -> JobDetail:
     """State, progress, attempts and error reason of one job."""
-    try:
-        return JobDetail.from_row(queue.get_job(session, job_id, principal.owner))
-    except queue.NotFound as exc:
-        raise _not_found(job_id) from exc
+    return JobDetail.from_row(_owned_job(session, job_id, principal.owner))
 
 
 @router.post(
@@ -296,10 +313,7 @@ def cancel_job(job_id: str, principal: PrincipalDep, engine: EngineDep) -> JobPu
 )
 def get_result(job_id: str, principal: PrincipalDep, session: ReadSessionDep) -> JobResult:
     """The result document (`result.json` of the tuning run) and links to its plots."""
-    try:
-        job = queue.get_job(session, job_id, principal.owner)
-    except queue.NotFound as exc:
-        raise _not_found(job_id) from exc
+    job = _owned_job(session, job_id, principal.owner)
     if job.state != JobState.succeeded.value:
         detail = f"job is {job.state}" + (f": {job.error}" if job.error else "")
         raise ProblemError(409, "No result", detail, field="state")
@@ -320,10 +334,7 @@ def get_artifact(
     job_id: str, name: str, principal: PrincipalDep, session: ReadSessionDep, store: StoreDep
 ) -> FileResponse:
     """A file the job's worker uploaded (e.g. `hyperparameters.png`)."""
-    try:
-        job = queue.get_job(session, job_id, principal.owner)
-    except queue.NotFound as exc:
-        raise _not_found(job_id) from exc
+    job = _owned_job(session, job_id, principal.owner)
     for rel in job.artifacts:
         if rel.split("/")[-1] == name:
             path = store.job_file(job.id, rel)
@@ -375,11 +386,9 @@ def job_events(
 ) -> StreamingResponse:
     """Events `claimed`, `step`, `meta`, `checkpoint`, `lease_expired`, `done`, ...; then
     `end` with the job. Resumes after `Last-Event-ID`."""
-    try:  # a short transaction: the stream itself opens one per poll, none held between
-        with session_scope(engine, write=False) as session:
-            queue.get_job(session, job_id, principal.owner)
-    except queue.NotFound as exc:
-        raise _not_found(job_id) from exc
+    # a short transaction: the stream itself opens one per poll, none held between
+    with session_scope(engine, write=False) as session:
+        _owned_job(session, job_id, principal.owner)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     return StreamingResponse(
         _event_stream(engine, job_id, principal.owner, after),

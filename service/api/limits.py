@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException
+from revhpo.nets.config import NetConfigBase, parse_net_config
+from revhpo.service.settings import Settings
+from revhpo.service.spec import JobSpec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from service.settings import Settings
-from service.spec import JobSpec
 
 DIGITS_SHAPE = (1797, 64, 10)  # examples, features, classes of the bundled digits data
 
@@ -87,24 +88,24 @@ async def _send_413(send: Send, path: str, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def estimate_params(net: dict[str, Any], d: int, c: int) -> int:
-    """An upper bound on the trainable parameters of a net config (dense-equivalent).
+def net_params(net: NetConfigBase | Mapping[str, Any], d: int, c: int) -> int:
+    """The exact number of parameters of the net a job trains on d features and c classes.
 
-    Computed without building the net (the API process does not import TensorFlow): an MLP
-    with the config's widths (`sizes`, default [50, 50] for mlp and [256, 256] otherwise), or
-    for `implicit` nets `n` states with dense A, B, C, D. Structured families (sss, rank1)
-    have fewer parameters than this dense bound.
+    Counted by the family's config model (``revhpo.nets.config``, no TensorFlow in the API
+    process), the same model ``build_net`` validates with; a reconstruction family (the
+    autoencoder) outputs d values, not c.
+
+    Args:
+        net: the spec's net section (a config model) or its dict.
+        d: features per example.
+        c: classes.
+
+    Raises:
+        ValueError: the config is invalid, or cannot be built on these dimensions (e.g.
+            ``time_steps`` does not divide d); the message names the field and value.
     """
-    family = net.get("family")
-    if family == "implicit":
-        n = int(net.get("n", 64))
-        return n * n + n * d + n + c * n + c * d + c
-    default = [50, 50] if family == "mlp" else [256, 256]
-    sizes = net.get("sizes", net.get("hidden", default))
-    if not isinstance(sizes, list) or not all(isinstance(x, int) and x > 0 for x in sizes):
-        sizes = default
-    widths = [d, *sizes, c]
-    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    cfg = parse_net_config(net)
+    return cfg.num_params(d, cfg.output_dim_for(d, c))
 
 
 def dataset_shape(spec: JobSpec, uploaded: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -122,10 +123,14 @@ def dataset_shape(spec: JobSpec, uploaded: dict[str, tuple[int, int, int]]) -> t
 def job_cost(spec: JobSpec, shape: tuple[int, int, int]) -> tuple[float, int]:
     """(cost, params): params x steps x (3 per meta-iteration + evaluation runs).
 
-    One meta-iteration is a forward and a reverse pass (about three plain trainings); the
-    final evaluation trains once per held-out seed plus once more.
+    ``params`` is the net's exact parameter count (:func:`net_params`). One meta-iteration is
+    a forward and a reverse pass (about three plain trainings); the final evaluation trains
+    once per held-out seed plus once more.
+
+    Raises:
+        ValueError: the net cannot be built on the dataset's dimensions.
     """
     _, d, c = shape
-    params = estimate_params(spec.net.config(), d, c)
+    params = net_params(spec.net, d, c)
     runs = 3 * spec.meta.iterations + spec.meta.eval_seeds + 1
     return float(params) * spec.training.steps * runs, params

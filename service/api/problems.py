@@ -8,9 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from revhpo.service.db import StorageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from service.db import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -43,32 +42,24 @@ class ProblemError(Exception):
         self.status, self.title, self.detail = status, title, detail
         self.field, self.errors, self.headers = field, errors, headers
 
-
-def problem_response(
-    request: Request | None,
-    status: int,
-    title: str,
-    detail: str | None = None,
-    *,
-    field: str | None = None,
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """The problem document as a response."""
-    body: dict[str, Any] = {
-        "type": f"/problems/{title.lower().replace(' ', '-')}",
-        "title": title,
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
-    if request is not None:
-        body["instance"] = request.url.path
-    if field:
-        body["field"] = field
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    def response(self, request: Request | None) -> JSONResponse:
+        """The problem document as a response (`instance` is the request's path)."""
+        body: dict[str, Any] = {
+            "type": f"/problems/{self.title.lower().replace(' ', '-')}",
+            "title": self.title,
+            "status": self.status,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        if request is not None:
+            body["instance"] = request.url.path
+        if self.field:
+            body["field"] = self.field
+        if self.errors:
+            body["errors"] = self.errors
+        return JSONResponse(
+            body, status_code=self.status, media_type=PROBLEM_JSON, headers=self.headers
+        )
 
 
 def pydantic_errors(errs: list[dict[str, Any]], skip_root: int = 0) -> list[dict[str, Any]]:
@@ -89,44 +80,34 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            request,
-            exc.status,
-            exc.title,
-            exc.detail,
-            field=exc.field,
-            errors=exc.errors,
-            headers=exc.headers,
-        )
+        return exc.response(request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = pydantic_errors(list(exc.errors()))
         first = errors[0] if errors else {"field": None, "message": "invalid request"}
-        return problem_response(
-            request,
+        return ProblemError(
             422,
             "Invalid request",
             f"{first['field']}: {first['message']}",
             field=first["field"],
             errors=errors,
-        )
+        ).response(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
         title = titles.get(exc.status_code, "HTTP error")
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(request, exc.status_code, title, detail, headers=exc.headers)
+        return ProblemError(exc.status_code, title, detail, headers=exc.headers).response(request)
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:
         log.warning("storage error on %s: %s", request.url.path, exc)
         status = 503 if exc.transient else 500
-        return problem_response(
-            request,
+        return ProblemError(
             status,
             "Storage unavailable" if exc.transient else "Storage error",
             "the database is busy or unreachable; retry" if exc.transient else None,
             headers={"Retry-After": "1"} if exc.transient else None,
-        )
+        ).response(request)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from service.db import migrate
-from service.settings import Settings, get_settings
+from revhpo.service.db import migrate
+from revhpo.service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -6,18 +6,18 @@ lease expired or was superseded gets 409 and its data is discarded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import select
-
-from service import queue
-from service.artifacts import TooLarge, safe_name
-from service.db import session_scope
-from service.models import Dataset
-from service.schemas import (
+from revhpo.service import queue
+from revhpo.service.artifacts import ArtifactStore, TooLarge, safe_name
+from revhpo.service.db import session_scope
+from revhpo.service.models import Dataset
+from revhpo.service.schemas import (
     ClaimRequest,
     ClaimResponse,
     CompleteRequest,
@@ -28,6 +28,9 @@ from service.schemas import (
     LeaseResponse,
     Problem,
 )
+from revhpo.service.settings import Settings
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from .deps import EngineDep, ReadSessionDep, SettingsDep, StoreDep, WorkerDep
 from .problems import ProblemError
@@ -53,6 +56,23 @@ def _lost(job_id: str) -> ProblemError:
 
 def _attempt_dir(token: str) -> str:
     return f"a-{safe_name(token)[:16]}"
+
+
+def _lease_call(engine, fn, job_id: str, **kw):  # noqa: ANN001, ANN202
+    """`fn(session, job_id=..., **kw)` in its own committed transaction; a lost lease is 409."""
+    try:
+        with session_scope(engine) as session:
+            return fn(session, job_id=job_id, **kw)
+    except queue.LeaseLost as exc:
+        raise _lost(job_id) from exc
+
+
+def _renew(engine, settings, fn, job_id: str, token: str, **kw) -> LeaseResponse:  # noqa: ANN001
+    """Run the lease-extending write `fn` (a heartbeat, or events); answer whether to cancel."""
+    cancel = _lease_call(
+        engine, fn, job_id, token=token, lease_seconds=settings.lease_seconds, **kw
+    )
+    return LeaseResponse(cancel_requested=cancel, lease_seconds=settings.lease_seconds)
 
 
 @router.post(
@@ -85,18 +105,7 @@ def heartbeat(
     job_id: str, body: HeartbeatRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
 ) -> LeaseResponse:
     """Extend the lease; the answer says whether the owner asked to cancel."""
-    try:
-        with session_scope(engine) as session:
-            cancel = queue.heartbeat(
-                session,
-                job_id=job_id,
-                token=body.token,
-                lease_seconds=settings.lease_seconds,
-                progress=body.progress,
-            )
-    except queue.LeaseLost as exc:
-        raise _lost(job_id) from exc
-    return LeaseResponse(cancel_requested=cancel, lease_seconds=settings.lease_seconds)
+    return _renew(engine, settings, queue.heartbeat, job_id, body.token, progress=body.progress)
 
 
 @router.post("/jobs/{job_id}/events", response_model=LeaseResponse, responses=RESPONSES)
@@ -104,98 +113,96 @@ def events(
     job_id: str, body: EventsRequest, _w: WorkerDep, engine: EngineDep, settings: SettingsDep
 ) -> LeaseResponse:
     """Record progress events (also extends the lease)."""
-    try:
-        with session_scope(engine) as session:
-            cancel = queue.add_events(
-                session,
-                job_id=job_id,
-                token=body.token,
-                lease_seconds=settings.lease_seconds,
-                events=body.events,
-            )
-    except queue.LeaseLost as exc:
-        raise _lost(job_id) from exc
-    return LeaseResponse(cancel_requested=cancel, lease_seconds=settings.lease_seconds)
+    return _renew(engine, settings, queue.add_events, job_id, body.token, events=body.events)
 
 
-async def _upload(
-    request: Request, engine, store, settings, job_id: str, token: str, name: str
-) -> str:
-    """Store the body as this attempt's file `name`; returns its relative path."""
-    try:
-        rel = f"{_attempt_dir(token)}/{safe_name(name)}"
-        dest = store.job_file(safe_name(job_id), rel)
-    except ValueError as exc:
-        raise ProblemError(422, "Invalid request", str(exc), field="name") from exc
+@dataclass(frozen=True)
+class _Upload:
+    """A PUT of the live attempt: its body is to be stored as the job's file `name`."""
 
-    def holds_lease() -> bool:
-        with session_scope(engine, write=False) as s:
-            try:
-                return queue.get_job(s, job_id, None).lease_token == token
-            except queue.NotFound:
-                return False
+    job_id: str
+    token: str
+    name: str
+    request: Request
+    engine: Engine
+    store: ArtifactStore
+    settings: Settings
 
-    if not await run_in_threadpool(holds_lease):  # refuse early when the lease is gone
-        raise _lost(job_id)
-    try:
-        await store.save_stream(request.stream(), dest, settings.max_artifact_bytes)
-    except TooLarge as exc:
-        raise ProblemError(413, "Request too large", str(exc), field="body") from exc
-    return rel
+    async def _save(self) -> str:
+        """Store the body as this attempt's file `name`; returns its relative path."""
+        job_id, token, engine, store = self.job_id, self.token, self.engine, self.store
+        try:
+            rel = f"{_attempt_dir(token)}/{safe_name(self.name)}"
+            dest = store.job_file(safe_name(job_id), rel)
+        except ValueError as exc:
+            raise ProblemError(422, "Invalid request", str(exc), field="name") from exc
+
+        def holds_lease() -> bool:
+            with session_scope(engine, write=False) as s:
+                try:
+                    return queue.get_job(s, job_id, None).lease_token == token
+                except queue.NotFound:
+                    return False
+
+        if not await run_in_threadpool(holds_lease):  # refuse early when the lease is gone
+            raise _lost(job_id)
+        try:
+            await store.save_stream(self.request.stream(), dest, self.settings.max_artifact_bytes)
+        except TooLarge as exc:
+            raise ProblemError(413, "Request too large", str(exc), field="body") from exc
+        return rel
+
+    async def save_and_record(self, record: Callable[[Session, str], None]) -> Response:
+        """Store the upload, then `record(session, rel)`; a lost lease discards the file."""
+        rel = await self._save()
+
+        def in_session() -> None:
+            with session_scope(self.engine) as s:
+                record(s, rel)
+
+        try:
+            await run_in_threadpool(in_session)  # never block the event loop on a database lock
+        except queue.LeaseLost as exc:
+            self.store.job_file(self.job_id, rel).unlink(missing_ok=True)
+            raise _lost(self.job_id) from exc
+        return Response(status_code=204)
 
 
-async def _upload_and_record(request, engine, store, settings, job_id, token, name, record):
-    """Store an upload of the live attempt, then record it; a lost lease discards the file."""
-    rel = await _upload(request, engine, store, settings, job_id, token, name)
+def _upload(
+    job_id: str,
+    name: str,
+    request: Request,
+    token: TokenHeader,
+    _w: WorkerDep,
+    engine: EngineDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> _Upload:
+    """What the upload routes take (a worker key, the lease token and the body)."""
+    return _Upload(job_id, token, name, request, engine, store, settings)
 
-    def in_session() -> None:
-        with session_scope(engine) as s:
-            record(s, rel)
 
-    try:
-        await run_in_threadpool(in_session)  # never block the event loop on a database lock
-    except queue.LeaseLost as exc:
-        store.job_file(job_id, rel).unlink(missing_ok=True)
-        raise _lost(job_id) from exc
-    return Response(status_code=204)
+UploadDep = Annotated[_Upload, Depends(_upload)]
 
 
 @router.put("/jobs/{job_id}/artifacts/{name}", status_code=204, responses=RESPONSES)
-async def put_artifact(
-    job_id: str,
-    name: str,
-    request: Request,
-    token: TokenHeader,
-    _w: WorkerDep,
-    engine: EngineDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> Response:
+async def put_artifact(up: UploadDep) -> Response:
     """Upload a result file (plot, result.json) of the live attempt."""
 
-    def record(s, rel: str) -> None:
-        queue.add_artifact(s, job_id=job_id, token=token, name=rel)
+    def record(s: Session, rel: str) -> None:
+        queue.add_artifact(s, job_id=up.job_id, token=up.token, name=rel)
 
-    return await _upload_and_record(request, engine, store, settings, job_id, token, name, record)
+    return await up.save_and_record(record)
 
 
 @router.put("/jobs/{job_id}/checkpoint/{name}", status_code=204, responses=RESPONSES)
-async def put_checkpoint(
-    job_id: str,
-    name: str,
-    request: Request,
-    token: TokenHeader,
-    _w: WorkerDep,
-    engine: EngineDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> Response:
+async def put_checkpoint(up: UploadDep) -> Response:
     """Upload the attempt's latest meta-iteration checkpoint (the next attempt resumes it)."""
 
-    def record(s, rel: str) -> None:
-        queue.set_checkpoint(s, job_id=job_id, token=token, checkpoint=rel)
+    def record(s: Session, rel: str) -> None:
+        queue.set_checkpoint(s, job_id=up.job_id, token=up.token, checkpoint=rel)
 
-    return await _upload_and_record(request, engine, store, settings, job_id, token, name, record)
+    return await up.save_and_record(record)
 
 
 def _job_for_attempt(session, job_id: str, token: str):  # noqa: ANN202
@@ -250,11 +257,7 @@ def get_dataset(
 
 def _finish_call(engine, fn, job_id: str, **kw) -> Response:  # noqa: ANN001
     """Run `fn(session, job_id=..., **kw)` in its own committed transaction."""
-    try:
-        with session_scope(engine) as session:
-            fn(session, job_id=job_id, **kw)
-    except queue.LeaseLost as exc:
-        raise _lost(job_id) from exc
+    _lease_call(engine, fn, job_id, **kw)
     return Response(status_code=204)
 
 

@@ -1,11 +1,11 @@
-"""Alembic environment: runs on the connection `service.db.migrate` hands over, or on the URL."""
+"""Alembic environment: runs on the connection `revhpo.service.db.migrate` hands over, or on
+the URL."""
 
 from __future__ import annotations
 
 from alembic import context
+from revhpo.service.models import Base
 from sqlalchemy import create_engine
-
-from service.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -48,7 +48,7 @@ def _pg_schema_url(base: str, schema: str) -> str:
 @contextmanager
 def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_dir: Path) -> Iterator[str]:
     """A new, migrated database: an SQLite file, or a fresh PostgreSQL schema (dropped after)."""
-    from service.db import migrate
+    from revhpo.service.db import migrate
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_dir / 'revhpo.db'}"
@@ -67,7 +67,7 @@ def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_dir: Path) 
         migrate(url)
         yield url
     finally:
-        from service.db import _engines
+        from revhpo.service.db import _engines
 
         eng = _engines.pop(url, None)
         if eng is not None:
@@ -112,7 +112,7 @@ def shared_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[
 @pytest.fixture
 def engine(db_url: str):
     """The engine of the fresh database."""
-    from service.db import get_engine
+    from revhpo.service.db import get_engine
 
     return get_engine(db_url)
 

@@ -44,7 +44,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 class ServerProc:
-    """`python -m service.api` (migrations + uvicorn) on a free loopback port."""
+    """`python -m revhpo.service.api` (migrations + uvicorn) on a free loopback port."""
 
     def __init__(self, *, db_url: str, home: Path, env: dict[str, str] | None = None):
         self.db_url = db_url
@@ -71,7 +71,7 @@ class ServerProc:
         self.home.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.api"],
+            [sys.executable, "-m", "revhpo.service.api"],
             env=self.env(),
             cwd=str(REPO),
             stdout=self._logf,
@@ -103,10 +103,10 @@ class ServerProc:
 
 
 def start_worker(server: ServerProc, *, token: str | None = None, name: str = "w") -> tuple:
-    """`python -m service.worker --api URL` as its own process group; returns (proc, log)."""
+    """`python -m revhpo.service.worker --api URL` as its own process group; returns (proc, log)."""
     log = server.home / f"worker-{name}.log"
     logf = open(log, "ab")  # noqa: SIM115 (the caller's process outlives this call)
-    cmd = [sys.executable, "-m", "service.worker", "--api", server.url, "--name", name]
+    cmd = [sys.executable, "-m", "revhpo.service.worker", "--api", server.url, "--name", name]
     if token:
         cmd += ["--token", token]
     proc = subprocess.Popen(
@@ -167,7 +167,7 @@ def tiny_spec(**meta: object) -> dict:
 
 def create_key(db_url: str, owner: str, worker: bool = False) -> str:
     """`revhpo keys create` as a user would run it; returns the printed key."""
-    cmd = [sys.executable, "-m", "service.cli", "keys", "create", "--owner", owner]
+    cmd = [sys.executable, "-m", "revhpo", "keys", "create", "--owner", owner]
     if worker:
         cmd.append("--worker")
     out = subprocess.run(

@@ -30,8 +30,8 @@ def _problem(resp: httpx.Response, status: int, field: str | None = None) -> dic
 
 
 def _key(server, owner: str, worker: bool = False) -> str:
-    from service.auth import create_key
-    from service.db import get_engine
+    from revhpo.service.auth import create_key
+    from revhpo.service.db import get_engine
 
     return create_key(get_engine(server.db_url), owner, is_worker=worker)
 
@@ -182,10 +182,9 @@ def test_owner_isolation(shared_server):
     _problem(b.post("/v1/jobs", json=spec), 422, "dataset.id")  # nor does their data
     _problem(a.post("/v1/worker/claim", json={"worker": "x"}), 403)  # not a worker key
     assert a.get(f"/v1/jobs/{jid}").json()["state"] == "queued"  # bob's cancel did nothing
+    from revhpo.service.db import get_engine, session_scope
+    from revhpo.service.models import ApiKey
     from sqlalchemy import select
-
-    from service.db import get_engine, session_scope
-    from service.models import ApiKey
 
     key = a.headers["Authorization"].split()[1]
     with session_scope(get_engine(shared_server.db_url), write=False) as s:

@@ -51,7 +51,7 @@ def _cmd(dockerfile: str) -> list[str]:
 
 
 def _parse(argv: list[str]):
-    from service.cli import build_parser
+    from revhpo.service.cli import build_parser
 
     assert argv[0] == "revhpo"
     return build_parser().parse_args(argv[1:])
@@ -77,8 +77,9 @@ def test_api_requirements_match_the_lock_and_cover_the_imports():
 
 def test_api_process_does_not_import_tensorflow(tmp_path):
     code = (
-        "import sys; from service.api.app import create_app; from service.settings import "
-        f"Settings; create_app(Settings(home=r'{tmp_path}')).openapi(); "
+        "import sys; from revhpo.service.api.app import create_app; "
+        "from revhpo.service.settings import Settings; "
+        f"create_app(Settings(home=r'{tmp_path}')).openapi(); "
         "print(sorted(m for m in ('tensorflow', 'sklearn', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -162,7 +163,7 @@ def test_readme_docker_steps_match_compose_and_the_cli():
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_api_image_command_migrates_and_serves_on_postgres(db_url, tmp_path):
     """The API container's CMD, run here (on loopback) against a fresh PostgreSQL schema."""
-    from service.db import get_engine
+    from revhpo.service.db import get_engine
 
     with get_engine(db_url).begin() as conn:  # start from an empty schema
         conn.exec_driver_sql("DROP TABLE job_events, jobs, datasets, api_keys, alembic_version")
@@ -172,7 +173,7 @@ def test_api_image_command_migrates_and_serves_on_postgres(db_url, tmp_path):
     argv[argv.index("--port") + 1] = str(port)
     env = base_env(REVHPO_DATABASE_URL=db_url, REVHPO_HOME=str(tmp_path))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *argv[1:]],
+        [sys.executable, "-m", "revhpo", *argv[1:]],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -173,8 +173,8 @@ def test_no_anonymous_access_off_loopback(db_url, server_factory):
 
 def test_keys_created_by_the_cli(db_url, server_factory):
     srv = server_factory(db_url, REVHPO_ALLOW_ANONYMOUS="false")
-    from service.auth import create_key as create_key_in_process
-    from service.db import get_engine
+    from revhpo.service.auth import create_key as create_key_in_process
+    from revhpo.service.db import get_engine
 
     user = create_key(db_url, "alice")  # the real `revhpo keys create`
     worker = create_key_in_process(get_engine(db_url), "pool", is_worker=True)
@@ -188,6 +188,7 @@ def test_keys_created_by_the_cli(db_url, server_factory):
     _problem(httpx.get(srv.url + "/v1/jobs"), 401, "Authorization")
 
 
+@pytest.mark.slow
 def test_keys_listed_and_revoked_by_the_cli(db_url, server_factory):
     srv = server_factory(db_url, REVHPO_ALLOW_ANONYMOUS="false")
     key = create_key(db_url, "carol")
@@ -196,7 +197,7 @@ def test_keys_listed_and_revoked_by_the_cli(db_url, server_factory):
     assert u.get("/v1/jobs").status_code == 200
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "service.cli", "keys", *argv, "--database-url", db_url]
+        cmd = [sys.executable, "-m", "revhpo", "keys", *argv, "--database-url", db_url]
         return subprocess.run(
             cmd, env=base_env(), cwd=str(REPO), capture_output=True, text=True, timeout=120
         )

@@ -6,12 +6,11 @@ import threading
 import time
 
 import pytest
+from revhpo.service import queue
+from revhpo.service.db import StorageError, db_epoch, now, session_scope
+from revhpo.service.models import Job, JobEvent
 from sqlalchemy import select, update
 from svc_helpers import BACKENDS
-
-from service import queue
-from service.db import StorageError, db_epoch, now, session_scope
-from service.models import Job, JobEvent
 
 pytestmark = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
 
@@ -131,9 +130,16 @@ def test_concurrent_claims_never_share_a_job(engine):
 def test_heartbeat_extends_and_expired_attempt_is_refused(engine):
     job_id, _ = _enqueue(engine)
     c = _claim(engine, lease=30.0)
-    assert queue.heartbeat is not None
+
+    def lease_left() -> float:
+        with session_scope(engine) as s:
+            left = select(Job.lease_expires_at - db_epoch()).where(Job.id == job_id)
+            return float(s.execute(left).scalar_one())  # on the database clock
+
+    assert 0 < lease_left() <= 30
     with session_scope(engine) as s:
-        assert queue.heartbeat(s, job_id=job_id, token=c.token, lease_seconds=30) is False
+        assert queue.heartbeat(s, job_id=job_id, token=c.token, lease_seconds=300) is False
+    assert 290 < lease_left() <= 300  # the heartbeat moved the lease 300 s past now
     _expire(engine, job_id)
     # Expired but not yet reaped: the late heartbeat and the late result are both refused.
     with pytest.raises(queue.LeaseLost), session_scope(engine) as s:
@@ -269,9 +275,8 @@ def test_migrations_match_the_models_and_downgrade(db_url, engine):
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-
-    from service.db import alembic_config, migrate
-    from service.models import Base
+    from revhpo.service.db import alembic_config, migrate
+    from revhpo.service.models import Base
 
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -15,12 +15,16 @@ import pytest
 from svc_helpers import (
     REPO,
     base_env,
+    create_key,
     kill_group,
     sse_events,
     start_worker,
     tiny_spec,
     wait_for,
 )
+
+# Each test here runs real TensorFlow jobs in subprocesses: the full tier only.
+pytestmark = pytest.mark.slow
 
 
 def _job(c: httpx.Client, jid: str) -> dict:
@@ -29,7 +33,7 @@ def _job(c: httpx.Client, jid: str) -> dict:
 
 def _cli(server, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args, "--api", server.url],
+        [sys.executable, "-m", "revhpo", *args, "--api", server.url],
         env=base_env(),
         cwd=str(REPO),
         capture_output=True,
@@ -129,6 +133,40 @@ def test_fail_cancel_handback_and_cli(db_url, server_factory, tmp_path):
         kill_group(w1)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_worker_whose_key_is_refused_exits_with_a_clear_error(db_url, server_factory):
+    """401 (unknown, revoked or malformed key) and 403 (a user key) on the claim: the worker
+    says so once and exits with status 2, instead of retrying forever; no job is touched."""
+    srv = server_factory(db_url, REVHPO_ALLOW_ANONYMOUS="false")
+    revoked = create_key(db_url, "ops", worker=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "revhpo", "keys", "revoke", revoked, "--database-url", db_url],
+        env=base_env(),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    user = create_key(db_url, "alice")
+    c = httpx.Client(base_url=srv.url, timeout=30, headers={"Authorization": f"Bearer {user}"})
+    jid = c.post("/v1/jobs", json=tiny_spec()).json()["id"]
+    tokens = {"unknown": "rhp_notakey", "revoked": revoked, "bad": "x y", "user": user}
+    procs = {name: start_worker(srv, token=tok, name=name) for name, tok in tokens.items()}
+    try:
+        for name, (proc, log) in procs.items():
+            assert proc.wait(60) == 2, log.read_text()
+            text = log.read_text()
+            assert "refused the worker key" in text and srv.url in text, text
+            assert ("403" if name == "user" else "401") in text, text
+            assert "claim failed" not in text and "Traceback" not in text, text
+    finally:
+        for proc, _ in procs.values():
+            kill_group(proc)
+    job = _job(c, jid)
+    assert job["state"] == "queued" and job["attempts"] == 0
+
+
 @pytest.mark.parametrize(
     "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
@@ -192,7 +230,7 @@ def test_demo_runs_the_main_job_over_http(tmp_path):
     spec.write_text(yaml.safe_dump(tiny_spec(iterations=2, eval_seeds=1)))
     home = tmp_path / "demo"
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "demo", "--spec", str(spec), "--home", str(home)],
+        [sys.executable, "-m", "revhpo", "demo", "--spec", str(spec), "--home", str(home)],
         env=base_env(),
         cwd=str(tmp_path),
         capture_output=True,

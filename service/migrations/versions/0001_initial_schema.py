@@ -9,13 +9,32 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
-from service.db import db_epoch
+from revhpo.service.db import db_epoch
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+
+def _big_int() -> sa.types.TypeEngine:
+    """BIGINT, but INTEGER on SQLite (where only an INTEGER primary key autoincrements)."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _public_row_columns() -> list[sa.Column]:
+    """The leading columns of `datasets` and `jobs`: the internal `seq` (primary key and
+    order), the public `id` and the `owner`."""
+    return [
+        sa.Column("seq", _big_int(), autoincrement=True, nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+    ]
+
+
+def _public_row_keys() -> list[sa.Constraint]:
+    """The keys of `datasets` and `jobs`: `seq` is the primary key, `id` is unique."""
+    return [sa.PrimaryKeyConstraint("seq"), sa.UniqueConstraint("id")]
 
 
 def upgrade() -> None:
@@ -37,14 +56,7 @@ def upgrade() -> None:
 
     op.create_table(
         "datasets",
-        sa.Column(
-            "seq",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("owner", sa.String(length=64), nullable=False),
+        *_public_row_columns(),
         sa.Column("filename", sa.String(length=200), nullable=False),
         sa.Column("format", sa.String(length=8), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
@@ -54,22 +66,14 @@ def upgrade() -> None:
         sa.Column("n_features", sa.BigInteger(), nullable=False),
         sa.Column("n_classes", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.Float(), server_default=db_epoch(), nullable=False),
-        sa.PrimaryKeyConstraint("seq"),
-        sa.UniqueConstraint("id"),
+        *_public_row_keys(),
     )
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_datasets_owner"), ["owner"], unique=False)
 
     op.create_table(
         "jobs",
-        sa.Column(
-            "seq",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("owner", sa.String(length=64), nullable=False),
+        *_public_row_columns(),
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("spec", sa.JSON(), nullable=False),
@@ -94,8 +98,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float(), server_default=db_epoch(), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=True),
         sa.Column("finished_at", sa.Float(), nullable=True),
-        sa.PrimaryKeyConstraint("seq"),
-        sa.UniqueConstraint("id"),
+        *_public_row_keys(),
         sa.UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
@@ -107,13 +110,8 @@ def upgrade() -> None:
 
     op.create_table(
         "job_events",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("job_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("id", _big_int(), autoincrement=True, nullable=False),
+        sa.Column("job_seq", _big_int(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.Float(), server_default=db_epoch(), nullable=False),

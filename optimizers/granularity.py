@@ -1,0 +1,38 @@
+"""Which granularities each hyperparameter group accepts, and how each group is tuned.
+
+The one table of it: the job spec (validation, JSON Schema) and the parametrisation read it
+here. TensorFlow-free, so the API can validate specs without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GRANULARITIES", "GROUPS", "check_granularity"]
+
+#: group → (unconstrained transform, raw-array key)
+GROUPS: dict[str, tuple[str, str]] = {
+    "learning_rate": ("log", "log_learning_rate"),
+    "momentum": ("logit", "logit_momentum"),
+    "weight_decay": ("log", "log_weight_decay"),
+    "init_scale": ("log", "log_init_scale"),
+}
+
+#: group → the granularities it accepts (the first is the coarsest)
+GRANULARITIES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
+    "momentum": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
+    "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
+    "init_scale": ("scalar", "per_layer"),
+}
+
+
+def check_granularity(group: str, granularity: str) -> None:
+    """Raise ValueError unless ``group`` accepts ``granularity`` (the message echoes both)."""
+    if group not in GRANULARITIES:
+        raise ValueError(
+            f"unknown hyperparameter group; known: {sorted(GRANULARITIES)}. Received: {group!r}"
+        )
+    if granularity not in GRANULARITIES[group]:
+        raise ValueError(
+            f"`granularity` of {group} must be one of {list(GRANULARITIES[group])}. "
+            f"Received: granularity={granularity!r}"
+        )

@@ -1,0 +1,257 @@
+"""A tuning problem: a net, its data and a hyperparameter parametrisation, seen as a function
+of the raw (unconstrained) hyperparameters.
+
+No files, no HTTP. :class:`TuningProblem` turns raw hyperparameters into one exact forward +
+reverse training run and pulls the hypergradients back to the raw arrays.
+
+Training loss ``L(w, θ, t, seed)`` = mean task loss on minibatch
+``minibatch_indices(seed, t, n, B)`` + ``½ Σ λ w²``; validation loss ``f(w)`` = mean task loss
+on the whole validation set. The task loss is :func:`revhpo.nets.task_loss` (softmax
+cross-entropy for classifiers, ``½ mean ‖x̂ − x‖²`` for reconstruction nets), the same one the
+nets' own hypergradient tests check. The training seed is an argument of every call, never
+state: one problem can serve any number of seeds, in any order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+from revhpo.nets import task_loss
+from revhpo.optimizers.hyperparams import Hypers, Parametrization
+from revhpo.optimizers.reversible import (
+    HypergradResult,
+    hypergradient,
+    make_stepper,
+    minibatch_indices,
+)
+from revhpo.optimizers.unrolled import PlainSGD
+
+__all__ = ["EVAL_SEED_OFFSET", "ArraySplits", "Evaluation", "TuningProblem", "training_seed"]
+
+#: Offset of the held-out evaluation seeds: tuning uses ``base + i`` for meta-iteration ``i``
+#: (``i < 100_000``), evaluation uses ``base + EVAL_SEED_OFFSET + j``: the two never meet.
+EVAL_SEED_OFFSET = 1_000_000
+
+Raw = Mapping[str, Any]
+
+
+def training_seed(base: int, iteration: int, fresh: bool) -> int:
+    """Training seed (init + minibatches) of meta-iteration ``iteration``."""
+    return base + iteration if fresh else base
+
+
+@dataclass(frozen=True)
+class ArraySplits:
+    """Train / validation / (optional) test arrays: float features ``[n, d]``, int labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+class Evaluation(NamedTuple):
+    """One exact hypergradient evaluation.
+
+    Attributes:
+        val_loss: ``f(w_T)``.
+        grads: ``d f / d raw`` for every raw array (NumPy float64, same shapes).
+        hyper: the engine's :class:`~revhpo.optimizers.HypergradResult`.
+    """
+
+    val_loss: float
+    grads: dict[str, np.ndarray]
+    hyper: HypergradResult
+
+
+class TuningProblem:
+    """A net, its data and a hyperparameter parametrisation: a function raw → (f, ∇f).
+
+    Args:
+        net: a :mod:`revhpo.nets` net (``init_params``, ``apply``, ``param_layers``, ...).
+        data: the arrays.
+        parametrization: maps raw arrays to training schedules.
+        batch_size: minibatch size B.
+        dtype: dtype the net is evaluated in.
+        frac_bits: fixed-point fractional bits of the exact optimizer.
+        max_denominator: denominator bound of the momentum rationals.
+
+    The compiled steps are made once here and reused by every call, for every seed.
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        data: ArraySplits,
+        parametrization: Parametrization,
+        *,
+        batch_size: int,
+        dtype: tf.DType = tf.float64,
+        frac_bits: int = 52,
+        max_denominator: int = 2**16,
+    ) -> None:
+        self.net = net
+        self.data = data
+        self.param = parametrization
+        self.steps = parametrization.layout.steps
+        self.batch_size = int(batch_size)
+        self.dtype = tf.as_dtype(dtype)
+        self.frac_bits = frac_bits
+        self.max_denominator = max_denominator
+        self.n_train = int(len(data.x_train))
+        if not 1 <= self.batch_size <= self.n_train:
+            raise ValueError(
+                f"`batch_size` must be in [1, {self.n_train}] (the training set). "
+                f"Received: batch_size={batch_size}"
+            )
+        self._splits = _split_tensors(data, self.dtype)
+        self._x_train, self._y_train = self._splits["train"]
+        self._stepper = make_stepper(self.train_loss, len(net.param_layers), self.dtype, frac_bits)
+        self._plain = PlainSGD(self.train_loss, self.dtype)
+        self._metrics_fn = tf.function(self._metrics, reduce_retracing=True)
+
+    # -- losses ---------------------------------------------------------------------------
+    def train_loss(
+        self, w: Sequence[tf.Tensor], theta: Sequence[tf.Tensor], t: tf.Tensor, seed: tf.Tensor
+    ) -> tf.Tensor:
+        """``L(w, θ, t, seed)``: task loss on minibatch ``t`` of ``seed`` + weight decay."""
+        idx = minibatch_indices(seed, t, self.n_train, self.batch_size)
+        xb = tf.gather(self._x_train, idx)
+        yb = tf.gather(self._y_train, idx)
+        loss = task_loss(self.net, self.net.apply(w, xb), xb, yb)
+        if len(theta):
+            loss = loss + tf.cast(self.param.weight_decay_penalty(w, theta[0], t), loss.dtype)
+        return loss
+
+    def val_loss(self, w: Sequence[tf.Tensor]) -> tf.Tensor:
+        """``f(w)``: mean task loss on the validation set."""
+        x, y = self._splits["val"]
+        w = [tf.cast(p, self.dtype) for p in w]
+        return task_loss(self.net, self.net.apply(w, x), x, y)
+
+    def _metrics(self, w: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = {}
+        for name, (x, y) in self._splits.items():
+            o = self.net.apply(w, x)
+            out[f"{name}_loss"] = task_loss(self.net, o, x, y)
+            if self.net.task != "reconstruction":
+                hit = tf.cast(tf.equal(tf.argmax(o, 1, output_type=tf.int32), y), tf.float64)
+                out[f"{name}_acc"] = tf.reduce_mean(hit)
+        return out
+
+    def metrics(self, w: Sequence[tf.Tensor]) -> dict[str, float]:
+        """Loss (no weight decay) and accuracy of weights ``w`` on every split."""
+        res = self._metrics_fn([tf.cast(p, self.dtype) for p in w])
+        return {k: float(v) for k, v in res.items()}
+
+    # -- raw → training inputs -------------------------------------------------------------
+    def initial_raw(self) -> dict[str, np.ndarray]:
+        """The raw arrays at their initial values (a fresh float64 copy)."""
+        return self.param.initial_raw()
+
+    def _raw_tensors(self, raw: Raw | None) -> dict[str, tf.Tensor]:
+        keys = set(self.param.initial_raw())
+        raw = self.initial_raw() if raw is None else raw
+        missing = keys - set(raw)
+        if missing:
+            raise ValueError(f"`raw` lacks tuned arrays {sorted(missing)}. Received: {sorted(raw)}")
+        return {k: tf.convert_to_tensor(np.asarray(raw[k]), tf.float64) for k in sorted(keys)}
+
+    def _inputs(
+        self, raw_t: Mapping[str, tf.Tensor], seed: int
+    ) -> tuple[Hypers, list[tf.Tensor], list[tf.Tensor]]:
+        h = self.param.hypers(raw_t)
+        w0 = self.param.init_weights(h.scales, self.net.init_params(int(seed), tf.float64))
+        theta = [h.weight_decay] if h.weight_decay is not None else []
+        return h, w0, theta
+
+    # -- the contract ------------------------------------------------------------------------
+    def evaluate(
+        self,
+        raw: Raw | None = None,
+        seed: int = 0,
+        callback: Callable[[str, int, int], None] | None = None,
+    ) -> Evaluation:
+        """Exact forward + reverse training; hypergradients w.r.t. every raw array.
+
+        The schedules' hypergradients (``d_alpha``, ``d_gamma``, ``d_theta``, ``d_w0``) are
+        pulled back to the raw arrays by one vector-Jacobian product of the parametrisation:
+        ``d raw = J_αᵀ dα + J_γᵀ dγ + J_θᵀ dθ + J_w0ᵀ dw0``.
+
+        Args:
+            raw: raw arrays (default: the initial values).
+            seed: training seed (initial weights and minibatches).
+            callback: ``callback(phase, step, total)`` after each training step.
+
+        Returns:
+            An :class:`Evaluation`.
+
+        Raises:
+            DivergenceError: training diverged (non-finite, or fixed-point overflow).
+            ExactnessError: the reverse pass was not exact (never silent).
+        """
+        raw_t = self._raw_tensors(raw)
+        keys = list(raw_t)
+        with tf.GradientTape() as tape:
+            tape.watch([raw_t[k] for k in keys])
+            h, w0, theta = self._inputs(raw_t, seed)
+        res = hypergradient(
+            self.train_loss,
+            self.val_loss,
+            w0,
+            h.alpha,
+            h.gamma,
+            theta,
+            key=int(seed),
+            dtype=self.dtype,
+            frac_bits=self.frac_bits,
+            max_denominator=self.max_denominator,
+            callback=callback,
+            stepper=self._stepper,
+        )
+        if not keys:
+            return Evaluation(res.val_loss, {}, res)
+        grads = tape.gradient(
+            [h.alpha, h.gamma, *theta, *w0],
+            [raw_t[k] for k in keys],
+            output_gradients=[
+                tf.cast(c, tf.float64) for c in (res.d_alpha, res.d_gamma, *res.d_theta, *res.d_w0)
+            ],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return Evaluation(
+            res.val_loss, {k: g.numpy() for k, g in zip(keys, grads, strict=True)}, res
+        )
+
+    def train(self, raw: Raw | None = None, seed: int = 0) -> tuple[list[tf.Tensor], np.ndarray]:
+        """Plain float SGD-momentum (no reversal): final weights and per-step training losses."""
+        h, w0, theta = self._inputs(self._raw_tensors(raw), seed)
+        return self._plain.run(w0, h.alpha, h.gamma, theta, key=int(seed))
+
+    def val_loss_only(self, raw: Raw | None = None, seed: int = 0) -> float:
+        """``f(w_T)`` after plain float64 training (no reversal): the finite-difference oracle."""
+        w, _ = self.train(raw, seed)
+        return float(self.val_loss(w))
+
+    def hypers_of(self, raw: Raw | None = None) -> dict[str, dict]:
+        """Natural values of every group (JSON-able)."""
+        return self.param.describe(self._raw_tensors(raw))
+
+
+def _split_tensors(data: ArraySplits, dtype: tf.DType) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+    """The non-empty splits as (features in ``dtype``, int32 labels) constants."""
+    out = {}
+    for name in ("train", "val", "test"):
+        x, y = getattr(data, f"x_{name}"), getattr(data, f"y_{name}")
+        if x is not None and len(x):
+            out[name] = (
+                tf.constant(np.asarray(x), dtype),
+                tf.constant(np.asarray(y).astype(np.int32)),
+            )
+    return out
