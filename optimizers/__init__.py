@@ -20,6 +20,7 @@ _EXPORTS = {
     "hypergradient": "reversible",
     "make_stepper": "reversible",
     "minibatch_indices": "reversible",
+    "minibatch_table": "reversible",
     "PlainSGD": "unrolled",
     "unrolled_hypergradient": "unrolled",
     # hyperparameters

@@ -4,9 +4,11 @@ of the raw (unconstrained) hyperparameters.
 No files, no HTTP. :class:`TuningProblem` turns raw hyperparameters into one exact forward +
 reverse training run and pulls the hypergradients back to the raw arrays.
 
-Training loss ``L(w, θ, t, seed)`` = mean task loss on minibatch
-``minibatch_indices(seed, t, n, B)`` + ``½ Σ λ w²``; validation loss ``f(w)`` = mean task loss
-on the whole validation set. The task loss is :func:`revhpo.nets.task_loss` (softmax
+Training loss ``L(w, θ, t, batches)`` = mean task loss on minibatch ``batches[t]`` + ``½ Σ λ w²``,
+where ``batches = minibatch_table(seed, T, n, B)`` (row ``t`` equals
+``minibatch_indices(seed, t, n, B)``) is made once per training seed; validation loss ``f(w)``
+= mean task loss on the whole validation set. The task loss is
+:func:`revhpo.nets.task_loss` (softmax
 cross-entropy for classifiers, ``½ mean ‖x̂ − x‖²`` for reconstruction nets), the same one the
 nets' own hypergradient tests check. The training seed is an argument of every call, never
 state: one problem can serve any number of seeds, in any order.
@@ -26,7 +28,7 @@ from revhpo.optimizers.reversible import (
     HypergradResult,
     hypergradient,
     make_stepper,
-    minibatch_indices,
+    minibatch_table,
 )
 from revhpo.optimizers.unrolled import PlainSGD
 
@@ -115,19 +117,30 @@ class TuningProblem:
         self._stepper = make_stepper(self.train_loss, len(net.param_layers), self.dtype, frac_bits)
         self._plain = PlainSGD(self.train_loss, self.dtype)
         self._metrics_fn = tf.function(self._metrics, reduce_retracing=True)
+        self._table = tf.function(
+            lambda seed: minibatch_table(seed, self.steps, self.n_train, self.batch_size)
+        )
 
     # -- losses ---------------------------------------------------------------------------
     def train_loss(
-        self, w: Sequence[tf.Tensor], theta: Sequence[tf.Tensor], t: tf.Tensor, seed: tf.Tensor
+        self,
+        w: Sequence[tf.Tensor],
+        theta: Sequence[tf.Tensor],
+        t: tf.Tensor,
+        batches: tf.Tensor,
     ) -> tf.Tensor:
-        """``L(w, θ, t, seed)``: task loss on minibatch ``t`` of ``seed`` + weight decay."""
-        idx = minibatch_indices(seed, t, self.n_train, self.batch_size)
+        """``L(w, θ, t, batches)``: task loss on minibatch ``batches[t]`` + weight decay."""
+        idx = tf.gather(batches, t)
         xb = tf.gather(self._x_train, idx)
         yb = tf.gather(self._y_train, idx)
         loss = task_loss(self.net, self.net.apply(w, xb), xb, yb)
         if len(theta):
             loss = loss + tf.cast(self.param.weight_decay_penalty(w, theta[0], t), loss.dtype)
         return loss
+
+    def minibatches(self, seed: int) -> tf.Tensor:
+        """The ``[T, B]`` minibatch table of training seed ``seed`` (the loss's data key)."""
+        return self._table(tf.constant(int(seed), tf.int64))
 
     def val_loss(self, w: Sequence[tf.Tensor]) -> tf.Tensor:
         """``f(w)``: mean task loss on the validation set."""
@@ -208,7 +221,7 @@ class TuningProblem:
             h.alpha,
             h.gamma,
             theta,
-            key=int(seed),
+            key=self.minibatches(seed),
             dtype=self.dtype,
             frac_bits=self.frac_bits,
             max_denominator=self.max_denominator,
@@ -232,7 +245,7 @@ class TuningProblem:
     def train(self, raw: Raw | None = None, seed: int = 0) -> tuple[list[tf.Tensor], np.ndarray]:
         """Plain float SGD-momentum (no reversal): final weights and per-step training losses."""
         h, w0, theta = self._inputs(self._raw_tensors(raw), seed)
-        return self._plain.run(w0, h.alpha, h.gamma, theta, key=int(seed))
+        return self._plain.run(w0, h.alpha, h.gamma, theta, key=self.minibatches(seed))
 
     def val_loss_only(self, raw: Raw | None = None, seed: int = 0) -> float:
         """``f(w_T)`` after plain float64 training (no reversal): the finite-difference oracle."""

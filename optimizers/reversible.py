@@ -56,7 +56,10 @@ TrainLoss = Callable[..., tf.Tensor]
 ValLoss = Callable[[Sequence[tf.Tensor]], tf.Tensor]
 Callback = Callable[[str, int, int], None]
 
-_CHECK_EVERY = 16  # steps between host checks of the divergence flags
+#: Training steps per compiled call. Each pass runs as a graph loop (``tf.while_loop``) over
+#: chunks of this many steps: one host round trip per chunk (divergence check, progress,
+#: moving the buffer's words to host memory), never one per step.
+CHUNK_STEPS = 50
 
 
 class DivergenceError(ArithmeticError):
@@ -149,6 +152,31 @@ def minibatch_indices(seed: int | tf.Tensor, t: int | tf.Tensor, n: int, batch: 
     return tf.cast(perm[j * batch : (j + 1) * batch], tf.int32)
 
 
+def minibatch_table(seed: int | tf.Tensor, steps: int, n: int, batch: int) -> tf.Tensor:
+    """``[steps, batch]`` int32: row ``t`` is ``minibatch_indices(seed, t, n, batch)``.
+
+    One permutation per epoch, drawn exactly as :func:`minibatch_indices` draws it, so a loss
+    that reads row ``t`` of this table sees the same examples; computing the table once per
+    seed keeps the per-step ``argsort`` out of the training loop.
+    """
+    if not 1 <= batch <= n:
+        raise ValueError(f"`batch` must be in [1, n={n}]. Received: batch={batch}")
+    per_epoch = n // batch
+    epochs = max(1, -(-int(steps) // per_epoch))
+    seed = tf.cast(seed, tf.int64)
+
+    def permutation(epoch: tf.Tensor) -> tf.Tensor:
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([seed, epoch]))
+        return tf.argsort(keys, stable=True)
+
+    perms = tf.map_fn(  # [epochs, n], one permutation per epoch
+        permutation, tf.range(epochs, dtype=tf.int64), fn_output_signature=tf.int32
+    )
+    t = tf.range(int(steps), dtype=tf.int32)
+    start = (t // per_epoch) * n + (t % per_epoch) * batch
+    return tf.gather(tf.reshape(perms, [-1]), start[:, None] + tf.range(batch)[None, :])
+
+
 def _schedule(x: tf.Tensor | np.ndarray, name: str, k: int) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != k:
@@ -186,27 +214,6 @@ def _scatter_registers(buffers: Sequence[InfoBuffer], r_p: tf.Tensor) -> None:
         b.register = r
 
 
-def _shift_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
-    """Per-buffer spill shifts for a step where some buffer spills (zeros for the others)."""
-    return [
-        tf.constant(np.zeros(b.group, np.int64) if p is None else p, tf.int64)
-        for p, b in zip(plans, buffers, strict=True)
-    ]
-
-
-def _word_tensors(plans: Sequence[Any], buffers: Sequence[InfoBuffer]) -> list[tf.Tensor]:
-    """Per-buffer words to put back in a reverse step (zeros where nothing was moved)."""
-    return [
-        tf.zeros([b.group, b.registers], tf.int64) if lo is None else lo
-        for (_, lo), b in zip(plans, buffers, strict=True)
-    ]
-
-
-def _rows(x: np.ndarray) -> list[tf.Tensor]:
-    """The rows of a ``[T, K]`` schedule as ``T`` tensors, converted in one go."""
-    return tf.unstack(tf.constant(x)) if x.shape[0] else []
-
-
 def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
     cache: dict[float, Rational] = {}
     out = []
@@ -240,8 +247,8 @@ class _Stepper:
         self._update = tf.function(self._exact_update, jit_compile=xla)
         self._undo_pos = tf.function(self._undo_position, jit_compile=xla)
         self._undo_vel = tf.function(self._undo_velocity, jit_compile=xla)
-        self.forward = tf.function(self._forward, reduce_retracing=True)
-        self.reverse = tf.function(self._reverse, reduce_retracing=True)
+        self.forward_chunk = tf.function(self._forward_chunk, reduce_retracing=True)
+        self.reverse_chunk = tf.function(self._reverse_chunk, reduce_retracing=True)
 
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
@@ -296,6 +303,118 @@ class _Stepper:
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
         packed = (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0))
         return packed + (ok, loss) + tuple(out[4:])
+
+    def _forward_chunk(self, w_p, v_p, r_p, t0, t1, tables, theta, key, layout):
+        """Exact steps ``t0 .. t1−1`` as one graph loop.
+
+        ``tables = (alpha, omg, n, d, shifts, spill)``: ``[T, K]`` schedules (``omg = 1 − γ``
+        as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut.
+
+        Returns:
+            The packed state after step ``t1 − 1``, the training losses and ok flags of the
+            chunk (``[t1 − t0]``), and the words cut at the chunk's spill steps, in step order
+            (``[spills, L]``, one packed row of every buffer's ``[G, M]`` words per spill).
+        """
+        alpha, omg, n, d, shifts, spill = tables
+        groups = layout[1]
+        width = sum(g * m for g, m in zip(groups, layout[2], strict=True))
+        size = t1 - t0
+        losses = tf.TensorArray(tf.float64, size=size)
+        oks = tf.TensorArray(tf.bool, size=size)
+        words = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[width])
+
+        def body(t, w_p, v_p, r_p, losses, oks, words, count):
+            out = self._forward(
+                w_p,
+                v_p,
+                r_p,
+                alpha[t],
+                omg[t],
+                n[t],
+                d[t],
+                theta,
+                t,
+                key,
+                layout,
+                tf.split(shifts[t], groups),
+            )
+            w_p, v_p, r_p, ok, loss, lo = out
+            lo_p = tf.ensure_shape(_pack(lo), [width])
+            words, count = tf.cond(
+                spill[t], lambda: (words.write(count, lo_p), count + 1), lambda: (words, count)
+            )
+            losses = losses.write(t - t0, tf.cast(loss, tf.float64))
+            return t + 1, w_p, v_p, r_p, losses, oks.write(t - t0, ok), words, count
+
+        _, w_p, v_p, r_p, losses, oks, words, _ = tf.while_loop(
+            lambda t, *_: t < t1,
+            body,
+            (t0, w_p, v_p, r_p, losses, oks, words, tf.constant(0)),
+        )
+        return w_p, v_p, r_p, losses.stack(), oks.stack(), words.stack()
+
+    def _reverse_chunk(
+        self, w_p, v_p, r_p, dw_p, dv_p, dtheta, t0, t1, tables, local, theta, key, layout
+    ):
+        """Undo steps ``t1−1 .. t0`` as one graph loop, accumulating adjoints.
+
+        ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``); ``local = (shifts, slot, words)``
+        for the chunk's steps: the cuts ``[t1 − t0, ΣG]``, the row of ``words`` holding each
+        step's cut words (−1: nothing was cut) and those words ``[≥1, L]``.
+
+        Returns:
+            The packed state before step ``t0`` and the adjoints, plus ``dα`` and ``dγ`` of the
+            chunk's steps (``[t1 − t0, K]``).
+        """
+        alpha, omg, n, d, gamma = tables
+        shifts, slot, words = local
+        groups, regs = layout[1], layout[2]
+        size = t1 - t0
+        d_alpha = tf.TensorArray(tf.float64, size=size)
+        d_gamma = tf.TensorArray(tf.float64, size=size)
+
+        def body(t, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma):
+            i = t - t0
+            row = tf.gather(words, tf.maximum(slot[i], 0)) * tf.cast(slot[i] >= 0, tf.int64)
+            lo = [
+                tf.reshape(x, [g, m])
+                for x, g, m in zip(
+                    tf.split(row, [g * m for g, m in zip(groups, regs, strict=True)]),
+                    groups,
+                    regs,
+                    strict=True,
+                )
+            ]
+            out = self._reverse(
+                w_p,
+                v_p,
+                r_p,
+                dw_p,
+                dv_p,
+                dtheta,
+                alpha[t],
+                omg[t],
+                n[t],
+                d[t],
+                gamma[t],
+                theta,
+                t,
+                key,
+                layout,
+                tf.split(shifts[i], groups),
+                lo,
+            )
+            w_p, v_p, r_p, dw_p, dv_p, dtheta, da, dg = out
+            d_alpha, d_gamma = d_alpha.write(i, da), d_gamma.write(i, dg)
+            return t - 1, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma
+
+        out = tf.while_loop(
+            lambda t, *_: t >= t0,
+            body,
+            (t1 - 1, w_p, v_p, r_p, dw_p, dv_p, list(dtheta), d_alpha, d_gamma),
+        )
+        _, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma = out
+        return w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha.stack(), d_gamma.stack()
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -383,18 +502,13 @@ class _Stepper:
 
 @dataclass(frozen=True)
 class _Schedules:
-    """The ``[T, K]`` schedules as the steps take them: γ as exact rationals ``n/d``, and
-    every row a tensor made once (per-call conversion is host time)."""
+    """The ``[T, K]`` schedules as the passes take them: γ as exact rationals ``n/d`` and every
+    table a tensor made once per pass."""
 
     alpha: np.ndarray
     gamma_applied: np.ndarray
     rats: list[list[Rational]]
-    alpha_rows: list[tf.Tensor]
-    omg_rows: list[tf.Tensor]
-    n_rows: list[tf.Tensor]
-    d_rows: list[tf.Tensor]
-    gamma_rows: list[tf.Tensor]
-    t_rows: list[tf.Tensor]
+    tables: tuple[tf.Tensor, ...]  # alpha, 1 − γ, n, d, γ (as applied)
 
     @property
     def steps(self) -> int:
@@ -414,17 +528,12 @@ def _schedules(alpha: Any, gamma: Any, k: int, max_denominator: int) -> _Schedul
     rats = _rationals(gamma_np, max_denominator)
     n_all = np.array([[r.n for r in row] for row in rats], dtype=np.int64).reshape(gamma_np.shape)
     d_all = np.array([[r.d for r in row] for row in rats], dtype=np.int64).reshape(gamma_np.shape)
-    n_steps = alpha_np.shape[0]
+    tables = (alpha_np, (d_all - n_all) / d_all, n_all, d_all, n_all / d_all)
     return _Schedules(
         alpha=alpha_np,
         gamma_applied=n_all / d_all,
         rats=rats,
-        alpha_rows=_rows(alpha_np),
-        omg_rows=_rows((d_all - n_all) / d_all),
-        n_rows=_rows(n_all),
-        d_rows=_rows(d_all),
-        gamma_rows=_rows(n_all / d_all),
-        t_rows=tf.unstack(tf.range(n_steps, dtype=tf.int32)) if n_steps else [],
+        tables=tuple(tf.constant(x) for x in tables),
     )
 
 
@@ -489,17 +598,13 @@ class _ExactState:
         )
 
 
-def _divergence(flags: list, losses: list, upto: int, frac_bits: int) -> DivergenceError | None:
-    """The error for the first failed step among the last ``len(flags)`` (None if all ok)."""
-    bad = [i for i, f in enumerate(flags) if not bool(f)]
-    if not bad:
-        return None
-    step = upto - len(flags) + bad[0]
-    loss = float(losses[step])
-    if not np.isfinite(loss):
-        return DivergenceError(step, f"non-finite training loss ({loss})")
+def _divergence(ok: np.ndarray, losses: np.ndarray, t0: int, frac_bits: int) -> DivergenceError:
+    """The error for the first failed step of a chunk that starts at step ``t0``."""
+    i = int(np.flatnonzero(~ok)[0])
+    if not np.isfinite(losses[i]):
+        return DivergenceError(t0 + i, f"non-finite training loss ({losses[i]})")
     return DivergenceError(
-        step,
+        t0 + i,
         "non-finite gradient or fixed-point overflow "
         f"(|w|, |v| must stay below {max_abs_value(frac_bits):g})",
     )
@@ -508,62 +613,110 @@ def _divergence(flags: list, losses: list, upto: int, frac_bits: int) -> Diverge
 @dataclass(frozen=True)
 class _Pass:
     """What the forward and the reverse pass of one run share: the compiled steps, the
-    schedules, θ, the data key and the progress callback."""
+    schedules, θ, the data key, the progress callback and the chunk length."""
 
     st: _Stepper
     sc: _Schedules
     theta: list[tf.Tensor]
     key: tf.Tensor | None
     callback: Callback | None
+    chunk: int
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """``[(t0, t1), ...]`` covering ``0 .. T`` in order."""
+        T = self.sc.steps
+        return [(t0, min(T, t0 + self.chunk)) for t0 in range(0, T, self.chunk)]
 
 
-def _forward_pass(p: _Pass, run: _ExactState) -> list[tf.Tensor]:
+def _plan_forward(p: _Pass, run: _ExactState) -> tuple[list[list[Any]], np.ndarray, np.ndarray]:
+    """Plan every register cut of the forward pass on the host, before it runs.
+
+    The registers' bound depends only on the rationals (every element sees the same ``n/d``),
+    so which steps cut how many bits is known without reading data.
+
+    Returns:
+        The per-step, per-buffer plans (None: no cut), the cut table ``[T, ΣG]`` and the
+        steps that cut ``[T]`` (bool).
+    """
+    T = p.sc.steps
+    offsets = np.cumsum([0] + [b.group for b in run.buffers])
+    shifts = np.zeros((T, offsets[-1]), np.int64)
+    plans = []
+    for t in range(T):
+        row = [b.before_mul(p.sc.rats[t][i]) for i, b in enumerate(run.buffers)]
+        for i, plan in enumerate(row):
+            if plan is not None:
+                shifts[t, offsets[i] : offsets[i + 1]] = plan
+        plans.append(row)
+    return plans, shifts, shifts.any(axis=1)
+
+
+def _store_words(run: _ExactState, plans: list[list[Any]], steps: list[int], words: np.ndarray):
+    """Hand the words a forward chunk cut (``[spills, L]``) to their buffers' host memory."""
+    sizes = [b.group * b.registers for b in run.buffers]
+    for t, row in zip(steps, words, strict=True):
+        for b, plan, lo in zip(
+            run.buffers, plans[t], np.split(row, np.cumsum(sizes)[:-1]), strict=True
+        ):
+            if plan is not None:
+                b.after_mul(lo.reshape(b.group, b.registers), shifts=plan)
+
+
+def _forward_pass(p: _Pass, run: _ExactState) -> np.ndarray:
     """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}``; returns the per-step training losses.
 
-    The bits each ``γ`` multiplication destroys stay in the registers; a register about to
-    overflow its word moves one word out to host memory first (``before_mul``/``after_mul``).
-    Divergence flags are read from the device every ``_CHECK_EVERY`` steps.
+    The bits each ``γ`` multiplication destroys stay in the registers; before a register could
+    overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`)
+    and moved to host memory once per chunk.
 
     Raises:
         DivergenceError: non-finite loss or gradient, or fixed-point overflow.
     """
-    losses: list[tf.Tensor] = []
-    flags: list[tf.Tensor] = []
-    compiled: dict[bool, Any] = {}
-    for t in range(p.sc.steps):
-        plans = [b.before_mul(p.sc.rats[t][i]) for i, b in enumerate(run.buffers)]
-        spill = any(plan is not None for plan in plans)
-        args = (
+    plans, shifts, spill = _plan_forward(p, run)
+    tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
+    losses = []
+    for t0, t1 in p.chunks():
+        run.w_p, run.v_p, run.r_p, loss, ok, words = p.st.forward_chunk(
             run.w_p,
             run.v_p,
             run.r_p,
-            p.sc.alpha_rows[t],
-            p.sc.omg_rows[t],
-            p.sc.n_rows[t],
-            p.sc.d_rows[t],
+            tf.constant(t0),
+            tf.constant(t1),
+            tables,
             p.theta,
-            p.sc.t_rows[t],
             p.key,
             run.layout,
-            _shift_tensors(plans, run.buffers) if spill else None,
         )
-        if spill not in compiled:
-            compiled[spill] = p.st.forward.get_concrete_function(*args)
-        run.w_p, run.v_p, run.r_p, ok, loss, *moved = compiled[spill](*args)
-        if spill:
-            for b, plan, lo in zip(run.buffers, plans, moved[0], strict=True):
-                if plan is not None:
-                    b.after_mul(lo.numpy())
+        loss, ok = loss.numpy(), ok.numpy()
+        if not ok.all():
+            raise _divergence(ok, loss, t0, run.frac_bits)
+        _store_words(run, plans, [t for t in range(t0, t1) if spill[t]], words.numpy())
         losses.append(loss)
-        flags.append(ok)
-        if len(flags) >= _CHECK_EVERY or t == p.sc.steps - 1:
-            err = _divergence(flags, losses, t + 1, run.frac_bits)
-            if err is not None:
-                raise err
-            flags.clear()
         if p.callback:
-            p.callback("forward", t + 1, p.sc.steps)
-    return losses
+            p.callback("forward", t1, p.sc.steps)
+    return np.concatenate(losses) if losses else np.zeros(0)
+
+
+def _unplan_chunk(p: _Pass, run: _ExactState, t0: int, t1: int) -> tuple[tf.Tensor, ...]:
+    """Pop the plans and words of steps ``t1−1 .. t0`` from the buffers (host memory), as the
+    reverse chunk takes them: cuts ``[t1−t0, ΣG]``, word rows ``[t1−t0]``, words ``[≥1, L]``."""
+    offsets = np.cumsum([0] + [b.group for b in run.buffers])
+    sizes = np.cumsum([0] + [b.group * b.registers for b in run.buffers])
+    shifts = np.zeros((t1 - t0, offsets[-1]), np.int64)
+    slot = np.full(t1 - t0, -1, np.int32)
+    rows = []
+    for t in reversed(range(t0, t1)):
+        row = np.zeros(sizes[-1], np.int64)
+        for i, b in enumerate(run.buffers):
+            cut, lo = b.before_div(p.sc.rats[t][i])
+            if cut is not None:
+                shifts[t - t0, offsets[i] : offsets[i + 1]] = cut
+                row[sizes[i] : sizes[i + 1]] = lo.reshape(-1)
+        if shifts[t - t0].any():
+            slot[t - t0] = len(rows)
+            rows.append(row)
+    words = np.stack(rows) if rows else np.zeros((1, sizes[-1]), np.int64)
+    return tf.constant(shifts), tf.constant(slot), tf.constant(words)
 
 
 def _validation_adjoint(
@@ -587,45 +740,41 @@ def _reverse_pass(
     Returns:
         ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
     """
-    dw_p, dv_p = _pack(dw), tf.zeros_like(_pack(dw))
+    dw_p = _pack(dw)
+    dv_p = tf.zeros_like(dw_p)
     dtheta = [tf.zeros_like(x) for x in p.theta]
     d_alpha = np.zeros_like(p.sc.alpha)
     d_gamma = np.zeros_like(p.sc.alpha)
-    compiled: dict[bool, Any] = {}
-    for t in reversed(range(p.sc.steps)):
-        plans = [b.before_div(p.sc.rats[t][i]) for i, b in enumerate(run.buffers)]
-        spill = any(plan[0] is not None for plan in plans)
-        args = (
+    for t0, t1 in reversed(p.chunks()):
+        local = _unplan_chunk(p, run, t0, t1)
+        out = p.st.reverse_chunk(
             run.w_p,
             run.v_p,
             run.r_p,
             dw_p,
             dv_p,
             dtheta,
-            p.sc.alpha_rows[t],
-            p.sc.omg_rows[t],
-            p.sc.n_rows[t],
-            p.sc.d_rows[t],
-            p.sc.gamma_rows[t],
+            tf.constant(t0),
+            tf.constant(t1),
+            p.sc.tables,
+            local,
             p.theta,
-            p.sc.t_rows[t],
             p.key,
             run.layout,
-            _shift_tensors([plan[0] for plan in plans], run.buffers) if spill else None,
-            _word_tensors(plans, run.buffers) if spill else None,
         )
-        if spill not in compiled:
-            compiled[spill] = p.st.reverse.get_concrete_function(*args)
-        run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = compiled[spill](*args)
-        d_alpha[t] = da.numpy()
-        d_gamma[t] = dg.numpy()
+        run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = out
+        d_alpha[t0:t1] = da.numpy()
+        d_gamma[t0:t1] = dg.numpy()
         if p.callback:
-            p.callback("reverse", p.sc.steps - t, p.sc.steps)
-    return d_alpha, d_gamma, dtheta, _unpack(dw_p, run.shapes)
+            p.callback("reverse", p.sc.steps - t0, p.sc.steps)
+    return d_alpha, d_gamma, list(dtheta), _unpack(dw_p, run.shapes)
 
 
-def _key_tensor(key: int | tf.Tensor | None) -> tf.Tensor | None:
-    return None if key is None else tf.convert_to_tensor(key, tf.int64)
+def _key_tensor(key: Any) -> tf.Tensor | None:
+    """The data key as a tensor (a Python int becomes int64; a table keeps its dtype)."""
+    if key is None:
+        return None
+    return tf.constant(key, tf.int64) if isinstance(key, int) else tf.convert_to_tensor(key)
 
 
 def hypergradient(
@@ -636,12 +785,13 @@ def hypergradient(
     gamma: tf.Tensor | np.ndarray,
     theta: Sequence[tf.Tensor] = (),
     *,
-    key: int | tf.Tensor | None = None,
+    key: Any = None,
     dtype: tf.DType = tf.float64,
     frac_bits: int = DEFAULT_FRAC_BITS,
     max_denominator: int = DEFAULT_MAX_DENOMINATOR,
     callback: Callback | None = None,
     stepper: _Stepper | None = None,
+    chunk_steps: int = CHUNK_STEPS,
 ) -> HypergradResult:
     """Train exactly forward, then exactly backward, returning hypergradients of ``val_loss``.
 
@@ -653,13 +803,15 @@ def hypergradient(
         alpha: learning rates, shape ``[T, K]``.
         gamma: momentum decays in (0, 1], shape ``[T, K]``; applied as exact rationals.
         theta: hyperparameters of ``train_loss`` (e.g. weight decay), differentiated too.
-        key: a data key (int64 scalar, e.g. the training seed that picks the minibatches)
-            passed unchanged to ``train_loss``; changing it does not recompile the steps.
+        key: a data key passed unchanged to ``train_loss`` as its fourth argument (an int, or
+            a tensor such as the ``[T, B]`` table of :func:`minibatch_table`); changing its
+            value does not recompile the steps.
         dtype: dtype the losses are evaluated in (the state is always exact int64).
         frac_bits: fractional bits of the fixed-point state.
         max_denominator: largest denominator of the rationals used for ``gamma``.
-        callback: called as ``callback(phase, step, total)`` after every step.
+        callback: called as ``callback(phase, step, total)`` after every chunk of steps.
         stepper: reuse the compiled steps of an earlier call with the same ``train_loss``.
+        chunk_steps: steps per compiled graph loop (one host round trip per chunk).
 
     Returns:
         A :class:`HypergradResult`; its certificate is always ``ok``.
@@ -680,7 +832,7 @@ def hypergradient(
 
     t0 = time.perf_counter()
     run = _ExactState(w0, frac_bits)
-    p = _Pass(st, sc, theta, _key_tensor(key), callback)
+    p = _Pass(st, sc, theta, _key_tensor(key), callback, max(1, int(chunk_steps)))
     losses = _forward_pass(p, run)
     t_forward = time.perf_counter() - t0
     bits_held, info_bound = run.spill()
@@ -694,6 +846,7 @@ def hypergradient(
     cert = run.certify(bits_held, info_bound)
     if not cert.ok:
         raise ExactnessError(cert, _exactness_hint(dtype))
+    _check_finite(sc.steps, d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0)
     return HypergradResult(
         val_loss=f_val,
         w_final=w_final,
@@ -702,10 +855,22 @@ def hypergradient(
         d_theta=d_theta,
         d_w0=d_w0,
         gamma_applied=sc.gamma_applied,
-        train_losses=np.array([float(x) for x in losses]),
+        train_losses=losses,
         certificate=cert,
         timings={"forward_s": t_forward, "reverse_s": t_reverse},
     )
+
+
+def _check_finite(steps: int, **grads: Any) -> None:
+    """Raise :class:`DivergenceError` when a hypergradient has a non-finite entry: an exact
+    reversal of a run whose second-order terms overflowed is still no valid result."""
+    for name, g in grads.items():
+        parts = g if isinstance(g, list) else [g]
+        bad = sum(int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x)))) for x in parts)
+        if bad:
+            raise DivergenceError(
+                steps, f"non-finite hypergradient: {bad} non-finite entries in {name}"
+            )
 
 
 def _exactness_hint(dtype: tf.DType) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from revhpo.optimizers.reversible import TrainLoss, ValLoss, _rows, _schedule
+from revhpo.optimizers.reversible import TrainLoss, ValLoss, _schedule
 
 
 def _momentum_step(train_loss: TrainLoss, w, v, theta, alpha_t, gamma_t, t, dtype, key=None):
@@ -35,16 +35,30 @@ def _momentum_step(train_loss: TrainLoss, w, v, theta, alpha_t, gamma_t, t, dtyp
 
 
 class PlainSGD:
-    """Compiled plain float SGD with momentum (same convention as the exact optimizer)."""
+    """Compiled plain float SGD with momentum (same convention as the exact optimizer).
+
+    The whole T-step loop is one graph loop in one ``tf.function`` (traced once per
+    ``train_loss`` and shape): the plain trainer a TensorFlow user would write for speed.
+    """
 
     def __init__(self, train_loss: TrainLoss, dtype: tf.DType = tf.float64) -> None:
         self.train_loss = train_loss
         self.dtype = dtype
+        self._loop = tf.function(self._train, reduce_retracing=True)
 
-        def step(w, v, theta, alpha_t, gamma_t, t, key):
-            return _momentum_step(train_loss, w, v, theta, alpha_t, gamma_t, t, dtype, key)
+    def _train(self, w, theta, alpha, gamma, key):
+        steps = tf.shape(alpha)[0]
+        losses = tf.TensorArray(tf.float64, size=steps)
 
-        self.step = tf.function(step, reduce_retracing=True)
+        def body(t, w, v, losses):
+            w, v, loss = _momentum_step(
+                self.train_loss, w, v, theta, alpha[t], gamma[t], t, self.dtype, key
+            )
+            return t + 1, w, v, losses.write(t, tf.cast(loss, tf.float64))
+
+        v = [tf.zeros_like(x) for x in w]
+        _, w, _, losses = tf.while_loop(lambda t, *_: t < steps, body, (0, w, v, losses))
+        return w, losses.stack()
 
     def run(
         self,
@@ -56,25 +70,14 @@ class PlainSGD:
     ) -> tuple[list[tf.Tensor], np.ndarray]:
         """Train; returns the final weights (``dtype``) and the training losses."""
         k = len(w0)
-        alpha_np = _schedule(alpha, "alpha", k)
-        gamma_np = _schedule(gamma, "gamma", k)
+        dt = self.dtype.as_numpy_dtype
+        alpha_np = _schedule(alpha, "alpha", k).astype(dt)
+        gamma_np = _schedule(gamma, "gamma", k).astype(dt)
         w = [tf.cast(x, self.dtype) for x in w0]
-        v = [tf.zeros_like(x) for x in w]
         theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
-        losses = []
-        # The same dispatch as the exact optimizer: rows made once, the concrete function
-        # called directly (so timing ratios compare the steps, not the dispatch).
-        alpha_rows = _rows(alpha_np.astype(self.dtype.as_numpy_dtype))
-        gamma_rows = _rows(gamma_np.astype(self.dtype.as_numpy_dtype))
-        t_rows = tf.unstack(tf.range(alpha_np.shape[0], dtype=tf.int32)) if len(alpha_np) else []
-        key = None if key is None else tf.convert_to_tensor(key, tf.int64)
-        step = None
-        for t in range(alpha_np.shape[0]):
-            args = (w, v, theta, alpha_rows[t], gamma_rows[t], t_rows[t], key)
-            step = step or self.step.get_concrete_function(*args)
-            w, v, loss = step(*args)
-            losses.append(loss)
-        return w, np.array([float(x) for x in losses])
+        key = None if key is None else tf.convert_to_tensor(key)
+        w, losses = self._loop(w, theta, tf.constant(alpha_np), tf.constant(gamma_np), key)
+        return list(w), losses.numpy()
 
 
 def unrolled_hypergradient(

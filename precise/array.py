@@ -127,6 +127,8 @@ class FixedArray:
         if shifts is None:
             ints, self.buffer.register = _div(self.ints, self.buffer.register, n, d, g)
         else:
-            ints, self.buffer.register = _div(self.ints, self.buffer.register, n, d, g, shifts, lo)
+            ints, self.buffer.register = _div(
+                self.ints, self.buffer.register, n, d, g, tf.constant(shifts), tf.constant(lo)
+            )
         self._checked((ints, in_range(ints)), "div")
         return rat

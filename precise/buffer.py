@@ -273,15 +273,20 @@ class InfoBuffer:
         self.info_bits += rat.info_bits
         return shifts
 
-    def after_mul(self, lo: tf.Tensor | np.ndarray) -> None:
-        """Store the words the kernel cut (its ``lo``) in host memory."""
-        shifts = self._history[-1][1]
+    def after_mul(self, lo: tf.Tensor | np.ndarray, shifts: np.ndarray | None = None) -> None:
+        """Store the words the kernel cut (its ``lo``) in host memory.
+
+        ``shifts`` are the cuts :meth:`before_mul` planned for that multiplication (default:
+        the last one planned); words must be stored in the order of their multiplications.
+        """
+        shifts = self._history[-1][1] if shifts is None else shifts
         lo = np.asarray(lo)
         for j in np.flatnonzero(shifts):
             self._words.append(_to_bytes(lo[j], int(shifts[j]) // CHUNK_BITS))
 
-    def before_div(self, rat: Rational) -> tuple[tf.Tensor | None, tf.Tensor | None]:
-        """Plan undoing the last multiplication: ``(shifts, lo)`` for the inverse kernel."""
+    def before_div(self, rat: Rational) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Plan undoing the last multiplication: ``(shifts, lo)`` for the inverse kernel
+        (int64 arrays ``[G]`` and ``[G, M]``; both None when it cut nothing)."""
         if not self._history:
             raise RuntimeError("InfoBuffer: div without a matching mul (buffer is empty)")
         bound, shifts = self._history.pop()
@@ -292,7 +297,7 @@ class InfoBuffer:
         lo = np.zeros((self.group, self.registers), np.int64)
         for j in reversed(np.flatnonzero(shifts)):
             lo[j] = _from_bytes(self._words.pop())
-        return tf.constant(shifts), tf.constant(lo)
+        return shifts, lo
 
     def flush(self) -> None:
         """Move the registers to host memory; see :meth:`restore`.

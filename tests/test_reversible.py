@@ -10,6 +10,7 @@ from revhpo.optimizers import (
     PlainSGD,
     hypergradient,
     minibatch_indices,
+    minibatch_table,
     unrolled_hypergradient,
 )
 
@@ -177,3 +178,26 @@ def test_minibatches_are_stateless_and_cover_each_epoch():
     epoch = np.concatenate([minibatch_indices(3, t, 40, 8).numpy() for t in range(5)])
     assert sorted(epoch.tolist()) == list(range(40))
     assert not np.array_equal(minibatch_indices(4, 5, 40, 8).numpy(), a)
+
+
+@pytest.mark.parametrize("n,batch,steps", [(16, 4, 9), (10, 3, 7), (50, 50, 3), (7, 1, 20)])
+def test_minibatch_table_rows_equal_the_per_step_indices(n, batch, steps):
+    table = minibatch_table(5, steps, n, batch).numpy()
+    assert table.shape == (steps, batch) and table.dtype == np.int32
+    for t in range(steps):
+        np.testing.assert_array_equal(table[t], minibatch_indices(5, t, n, batch).numpy())
+
+
+def test_chunked_passes_are_exact_and_equal_to_one_chunk():
+    """Chunk boundaries (with register cuts inside and across them) change no bit."""
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    alpha, gamma = schedules(23, len(w0))
+    gamma = np.full_like(gamma, 0.97)  # small per-step information: cuts land mid-run
+    whole = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, chunk_steps=1000)
+    for chunk in (1, 5, 7):
+        res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, chunk_steps=chunk)
+        assert res.certificate.ok
+        np.testing.assert_array_equal(res.d_alpha.numpy(), whole.d_alpha.numpy())
+        np.testing.assert_array_equal(res.d_gamma.numpy(), whole.d_gamma.numpy())
+        for a, b in zip(res.d_w0, whole.d_w0, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
