@@ -116,7 +116,7 @@ class TuningProblem:
         self._x_train, self._y_train = self._splits["train"]
         self._stepper = make_stepper(self.train_loss, len(net.param_layers), self.dtype, frac_bits)
         self._plain = PlainSGD(self.train_loss, self.dtype)
-        self._metrics_fn = tf.function(self._metrics, reduce_retracing=True)
+        self._metrics_fn = tf.function(self._metrics, reduce_retracing=True, autograph=False)
         self._table = tf.function(
             lambda seed: minibatch_table(seed, self.steps, self.n_train, self.batch_size)
         )

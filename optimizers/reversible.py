@@ -244,11 +244,15 @@ class _Stepper:
         self.k = k
         self.dtype = dtype
         self.frac_bits = frac_bits
-        self._update = tf.function(self._exact_update, jit_compile=xla)
-        self._undo_pos = tf.function(self._undo_position, jit_compile=xla)
-        self._undo_vel = tf.function(self._undo_velocity, jit_compile=xla)
-        self.forward_chunk = tf.function(self._forward_chunk, reduce_retracing=True)
-        self.reverse_chunk = tf.function(self._reverse_chunk, reduce_retracing=True)
+        # Graph control flow is explicit (tf.while_loop, tf.cond): autograph's source
+        # conversion would only add tracing time.
+        compiled = {"jit_compile": xla, "autograph": False}
+        self._update = tf.function(self._exact_update, **compiled)
+        self._undo_pos = tf.function(self._undo_position, **compiled)
+        self._undo_vel = tf.function(self._undo_velocity, **compiled)
+        loop = {"reduce_retracing": True, "autograph": False}
+        self.forward_chunk = tf.function(self._forward_chunk, **loop)
+        self.reverse_chunk = tf.function(self._reverse_chunk, **loop)
 
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
@@ -747,21 +751,13 @@ def _reverse_pass(
     d_gamma = np.zeros_like(p.sc.alpha)
     for t0, t1 in reversed(p.chunks()):
         local = _unplan_chunk(p, run, t0, t1)
-        out = p.st.reverse_chunk(
-            run.w_p,
-            run.v_p,
-            run.r_p,
-            dw_p,
-            dv_p,
-            dtheta,
-            tf.constant(t0),
-            tf.constant(t1),
-            p.sc.tables,
-            local,
-            p.theta,
-            p.key,
-            run.layout,
-        )
+        state = [run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, tf.constant(t0), tf.constant(t1)]
+        rest = [p.theta, p.key, run.layout]
+        # The chunk's length and its number of cuts vary: trace once for any (a no-op after
+        # the first call of this stepper), never once per shape.
+        relaxed = tuple(tf.TensorSpec([None, *x.shape[1:]], x.dtype) for x in local)
+        p.st.reverse_chunk.get_concrete_function(*state, p.sc.tables, relaxed, *rest)
+        out = p.st.reverse_chunk(*state, p.sc.tables, local, *rest)
         run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = out
         d_alpha[t0:t1] = da.numpy()
         d_gamma[t0:t1] = dg.numpy()

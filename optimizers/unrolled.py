@@ -44,7 +44,7 @@ class PlainSGD:
     def __init__(self, train_loss: TrainLoss, dtype: tf.DType = tf.float64) -> None:
         self.train_loss = train_loss
         self.dtype = dtype
-        self._loop = tf.function(self._train, reduce_retracing=True)
+        self._loop = tf.function(self._train, reduce_retracing=True, autograph=False)
 
     def _train(self, w, theta, alpha, gamma, key):
         steps = tf.shape(alpha)[0]

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 __all__ = [
     "__version__",
@@ -32,6 +33,7 @@ __all__ = [
     "prepare_environment",
     "quiet_tensorflow",
     "require_exact_ops",
+    "xla_cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,41 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _exact_ops = False
 
 
+def xla_cache_dir() -> Path | None:
+    """Where compiled XLA kernels are kept between processes (None: no persistent cache).
+
+    ``$REVHPO_XLA_CACHE`` names the folder (``off`` turns the cache off); the default is
+    ``$XDG_CACHE_HOME/revhpo/xla`` (``~/.cache/revhpo/xla``). A folder that cannot be created
+    or written turns the cache off.
+    """
+    chosen = os.environ.get("REVHPO_XLA_CACHE", "")
+    if chosen.lower() in ("off", "0", "false", "no"):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = Path(chosen) if chosen else base / "revhpo" / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
 def prepare_environment() -> None:
-    """Environment settings that must precede TensorFlow's first import (user values win)."""
+    """Environment settings that must precede TensorFlow's first import (user values win).
+
+    Besides oneDNN (see the module docstring), this turns on TensorFlow's persistent XLA
+    compilation cache (:func:`xla_cache_dir`): the exact engine's integer kernels are compiled
+    once per machine and net shape, not once per process, which shortens every later job's
+    time to its first hypergradient. Cached kernels are integer programs whose results are
+    exact whatever compiled them, so the cache cannot change a result.
+    """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" not in flags:
+        cache = xla_cache_dir()
+        if cache is not None:
+            option = f"--tf_xla_persistent_cache_directory={cache}"
+            os.environ["TF_XLA_FLAGS"] = f"{flags} {option}".strip()
 
 
 def quiet_tensorflow() -> None:
