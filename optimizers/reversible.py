@@ -26,6 +26,7 @@ equal the originals bit for bit and every buffer must be empty, otherwise
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ import tensorflow as tf
 from revhpo.hessian import grad_hvp_mixed
 from revhpo.precise import (
     DEFAULT_FRAC_BITS,
+    DEFAULT_GROUP,
     DEFAULT_MAX_DENOMINATOR,
     InfoBuffer,
     Rational,
@@ -541,6 +543,32 @@ def _schedules(alpha: Any, gamma: Any, k: int, max_denominator: int) -> _Schedul
     )
 
 
+#: Target of the buffer's overhead (register start-up and the padding of the last word) as a
+#: fraction of the information it must keep.
+_OVERHEAD = 0.04
+
+
+def group_size(rats: Sequence[Rational], smallest: int = DEFAULT_GROUP, largest: int = 256) -> int:
+    """Elements per register for one tensor's buffer over a run of multiplications ``rats``.
+
+    A register costs about ``log2(d·n/(d−n))`` bits to start and up to a byte of padding in its
+    last word, whatever it holds; shared by ``G`` elements that is ``(start + 8)/G`` bits per
+    element, against ``Σ log2(d/n)`` bits of information. ``G`` is the smallest power of two
+    (at least ``smallest``, at most ``largest``) that brings the ratio to ``_OVERHEAD``; both
+    passes derive it from the same rationals, so they share the layout.
+    """
+    info = sum(r.info_bits for r in rats)
+    lossy = [r for r in rats if r.n != r.d]
+    if not lossy or info <= 0:
+        return smallest
+    start = max(math.log2(r.d * r.n / (r.d - r.n)) for r in lossy)
+    need = (start + 8) / (_OVERHEAD * info)
+    g = smallest
+    while g < need and g < largest:
+        g *= 2
+    return g
+
+
 class _ExactState:
     """The packed exact state of one run: weights, velocities and buffer registers as one flat
     int64 tensor each, the buffers' host words, and the initial weights for the certificate.
@@ -549,11 +577,14 @@ class _ExactState:
     (forward) or before the step just undone (reverse).
     """
 
-    def __init__(self, w0: Sequence[tf.Tensor], frac_bits: int) -> None:
+    def __init__(self, w0: Sequence[tf.Tensor], frac_bits: int, sc: _Schedules) -> None:
         w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
         self.frac_bits = frac_bits
         self.shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
-        self.buffers = [InfoBuffer(x.shape) for x in w_ints]
+        self.buffers = [
+            InfoBuffer(x.shape, group_size([row[k] for row in sc.rats]))
+            for k, x in enumerate(w_ints)
+        ]
         self.layout = (
             self.shapes,
             tuple(b.group for b in self.buffers),
@@ -827,7 +858,7 @@ def hypergradient(
     st = stepper or _Stepper(train_loss, len(w0), dtype, frac_bits)
 
     t0 = time.perf_counter()
-    run = _ExactState(w0, frac_bits)
+    run = _ExactState(w0, frac_bits, sc)
     p = _Pass(st, sc, theta, _key_tensor(key), callback, max(1, int(chunk_steps)))
     losses = _forward_pass(p, run)
     t_forward = time.perf_counter() - t0

@@ -13,6 +13,8 @@ from revhpo.optimizers import (
     minibatch_table,
     unrolled_hypergradient,
 )
+from revhpo.optimizers.reversible import group_size
+from revhpo.precise import rationalize
 
 RTOL_UNROLLED = 1e-6
 RTOL_FD = 1e-4
@@ -201,3 +203,23 @@ def test_chunked_passes_are_exact_and_equal_to_one_chunk():
         np.testing.assert_array_equal(res.d_gamma.numpy(), whole.d_gamma.numpy())
         for a, b in zip(res.d_w0, whole.d_w0, strict=True):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("gamma,steps", [(0.99, 500), (0.9, 100), (0.99, 100)])
+def test_buffer_holds_within_ten_percent_of_the_information_bound(gamma, steps):
+    """Registers shared by enough elements that start-up and word padding stay small."""
+    train_loss, val_loss, w0, theta = make_problem(sizes=(20, 50, 10), n_train=200, batch=20)
+    k = len(w0)
+    res = hypergradient(
+        train_loss, val_loss, w0, np.full((steps, k), 0.05), np.full((steps, k), gamma), theta
+    )
+    cert = res.certificate
+    assert cert.ok
+    assert cert.info_bound_bits <= cert.bits_held <= 1.10 * cert.info_bound_bits
+
+
+def test_group_size_grows_when_little_information_per_step_is_kept():
+    few = [rationalize(0.99, 2**16)] * 500
+    many = [rationalize(0.5, 2**16)] * 500
+    assert group_size(many) == 16 < group_size(few) <= 256
+    assert group_size([rationalize(1.0, 2**16)] * 10) == 16  # nothing lost: default
