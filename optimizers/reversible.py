@@ -290,15 +290,17 @@ class _Stepper:
         """``L(w, θ, t)``, or ``L(w, θ, t, key)`` when the caller passed a data key."""
         return self.train_loss(w, theta, t) if key is None else self.train_loss(w, theta, t, key)
 
-    def _forward(self, w_p, v_p, r_p, alpha, omg, n, d, theta, t, key, layout, shifts=None):
+    def _forward(self, state, row, theta, t, key, layout, shifts=None):
         """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out].
 
+        ``state = (w, v, registers)`` packed; ``row = (α, 1 − γ, n, d)`` of step ``t`` (``[K]``
+        each).
+
         The state is packed: weights, velocities and registers as one flat tensor each
-        (``layout = (shapes, groups, register sizes)``, static), so a call has a handful of
-        tensor arguments instead of three per weight tensor (host-side argument processing
-        is a fixed cost per tensor).
+        (``layout = (shapes, groups, register sizes)``, static).
         """
-        w_ints, v_ints, regs, groups = _unpack_state(w_p, v_p, r_p, layout)
+        w_ints, v_ints, regs, groups = _unpack_state(*state, layout)
+        alpha, omg, n, d = row
         w = self._weights(w_ints)
         theta = [tf.cast(x, self.dtype) for x in theta]
         with tf.GradientTape() as tape:
@@ -330,20 +332,9 @@ class _Stepper:
         words = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[width])
 
         def body(t, w_p, v_p, r_p, losses, oks, words, count):
-            out = self._forward(
-                w_p,
-                v_p,
-                r_p,
-                alpha[t],
-                omg[t],
-                n[t],
-                d[t],
-                theta,
-                t,
-                key,
-                layout,
-                tf.split(shifts[t], groups),
-            )
+            row = (alpha[t], omg[t], n[t], d[t])
+            cuts = tf.split(shifts[t], groups)
+            out = self._forward((w_p, v_p, r_p), row, theta, t, key, layout, cuts)
             w_p, v_p, r_p, ok, loss, lo = out
             lo_p = tf.ensure_shape(_pack(lo), [width])
             words, count = tf.cond(
@@ -391,25 +382,10 @@ class _Stepper:
                     strict=True,
                 )
             ]
-            out = self._reverse(
-                w_p,
-                v_p,
-                r_p,
-                dw_p,
-                dv_p,
-                dtheta,
-                alpha[t],
-                omg[t],
-                n[t],
-                d[t],
-                gamma[t],
-                theta,
-                t,
-                key,
-                layout,
-                tf.split(shifts[i], groups),
-                lo,
-            )
+            state = (w_p, v_p, r_p, dw_p, dv_p, dtheta)
+            row = (alpha[t], omg[t], n[t], d[t], gamma[t])
+            cuts = tf.split(shifts[i], groups)
+            out = self._reverse(state, row, theta, t, key, layout, cuts, lo)
             w_p, v_p, r_p, dw_p, dv_p, dtheta, da, dg = out
             d_alpha, d_gamma = d_alpha.write(i, da), d_gamma.write(i, dg)
             return t - 1, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma
@@ -460,30 +436,14 @@ class _Stepper:
             new_dv.append(gamma[i] * dv[i])
         return prev_v, new_regs, new_dw, new_dv, tf.stack(d_gamma)
 
-    def _reverse(
-        self,
-        w_p,
-        v_p,
-        r_p,
-        dw_p,
-        dv_p,
-        dtheta,
-        alpha,
-        omg,
-        n,
-        d,
-        gamma,
-        theta,
-        t,
-        key,
-        layout,
-        shifts=None,
-        lo=None,
-    ):
+    def _reverse(self, state, row, theta, t, key, layout, shifts=None, lo=None):
         """One exact reverse step with adjoint accumulation (see the module docstring).
 
-        State and adjoints are packed as in :meth:`_forward`.
+        ``state = (w, v, registers, dw, dv, dθ)``, packed as in :meth:`_forward`;
+        ``row = (α, 1 − γ, n, d, γ)`` of step ``t``.
         """
+        w_p, v_p, r_p, dw_p, dv_p, dtheta = state
+        alpha, omg, n, d, gamma = row
         w_ints, v_ints, regs, groups = _unpack_state(w_p, v_p, r_p, layout)
         dw, dv = _unpack(dw_p, layout[0]), _unpack(dv_p, layout[0])
         prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
