@@ -25,7 +25,8 @@ def main() -> int:
         [py, f"{HERE}/bench_precise.py"]
         + (["--elements", "10000", "--steps", "200"] if args.quick else []),
         [py, "-m", "revhpo", "bench"]
-        + (["--steps", "20", "--memory-steps", "20"] if args.quick else []),
+        + (["--steps", "20", "--memory-steps", "20", "--cold-spec", ""] if args.quick else []),
+        [py, f"{HERE}/bench_engine.py"] + (["--quick"] if args.quick else []),
         [py, f"{HERE}/bench_nets.py"] + (["--quick"] if args.quick else []),
         [py, f"{HERE}/bench_tuning.py"]
         + (

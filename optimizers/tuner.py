@@ -32,6 +32,7 @@ from revhpo.optimizers.meta import (
 from revhpo.optimizers.problem import EVAL_SEED_OFFSET, Evaluation, TuningProblem, training_seed
 from revhpo.optimizers.reversible import DivergenceError
 from revhpo.optimizers.state import MetaState
+from revhpo.precise import FixedPointOverflowError
 
 from revhpo.runtime import require_exact_ops
 
@@ -41,6 +42,9 @@ Event = dict[str, Any]
 #: Keys of a meta-iteration record shown in progress events. Test-set figures are never among
 #: them: a user must not select hyperparameters on the test set while tuning runs.
 EVENT_KEYS = ("val_loss", "train_loss", "val_acc", "train_acc", "grad_norm", "diverged")
+#: ``divergence_kind`` of a record whose weights left the fixed-point range before training
+#: (e.g. a huge init scale, or too many fractional bits for the weights' size).
+FIXED_POINT_RANGE = "fixed_point_range"
 
 
 class Cancelled(Exception):
@@ -182,7 +186,12 @@ class Tuner:
         rec["hypers"] = _hyper_summary(self.problem, state.raw)
         ev, failure = self._hypergradient(state, seed)
         if failure is not None:
-            rec.update(diverged=True, divergence_step=int(failure[0]), divergence_reason=failure[1])
+            rec.update(
+                diverged=True,
+                divergence_step=int(failure[0]),
+                divergence_reason=failure[1],
+                divergence_kind=failure[2],
+            )
             rec["time_s"] = time.perf_counter() - t0
             return self._after_divergence(state, rec, failure), rec
         rec.update(_evaluation_record(self.problem, ev))
@@ -214,8 +223,11 @@ class Tuner:
 
     def _hypergradient(
         self, state: MetaState, seed: int
-    ) -> tuple[Evaluation | None, tuple[int, str] | None]:
-        """The evaluation, or ``(step, reason)`` when training or its hypergradient failed."""
+    ) -> tuple[Evaluation | None, tuple[int, str, str] | None]:
+        """The evaluation, or ``(step, reason, kind)`` when training or its hypergradient
+        failed; ``kind`` is :data:`FIXED_POINT_RANGE` when a weight is outside the fixed-point
+        range (the initial weights: a divergence at step 0, never a crash), else
+        ``"divergence"``."""
 
         def on_step(phase: str, step: int, total: int) -> None:
             if step == total or step % 10 == 0:
@@ -232,12 +244,21 @@ class Tuner:
         try:
             ev = self.problem.evaluate(state.raw, seed, callback=on_step)
         except DivergenceError as exc:
-            return None, (exc.step, exc.reason)
+            return None, (exc.step, exc.reason, "divergence")
+        except FixedPointOverflowError as exc:
+            reason = " ".join(str(exc).split())  # one line
+            return None, (
+                int(getattr(exc, "step", None) or 0),
+                f"outside the fixed-point range: {reason}",
+                FIXED_POINT_RANGE,
+            )
         finite = np.isfinite(ev.val_loss) and all(np.all(np.isfinite(g)) for g in ev.grads.values())
-        return (ev, None) if finite else (None, (self.problem.steps, "non-finite hypergradient"))
+        if finite:
+            return ev, None
+        return None, (self.problem.steps, "non-finite hypergradient", "divergence")
 
     def _after_divergence(
-        self, state: MetaState, rec: dict[str, Any], failure: tuple[int, str]
+        self, state: MetaState, rec: dict[str, Any], failure: tuple[int, str, str]
     ) -> MetaState:
         """Backtrack to the previous hyperparameters with half the step, or stop."""
         cfg = self.config

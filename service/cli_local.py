@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Handler of ``revhpo tune``; returns the exit status."""
-    from revhpo.service.spec import SpecError, json_schema, load_spec
+    from revhpo.service.spec import SpecError, json_schema, load_spec, spec_warnings
 
     if args.schema:
         print(json.dumps(json_schema(), indent=2))
@@ -68,6 +68,8 @@ def run_tune(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"revhpo tune: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in spec_warnings(spec):
+        print(f"revhpo tune: warning: {warning}", file=sys.stderr)
     if args.check:
         print(f"{args.spec}: valid")
         return EXIT_OK
@@ -110,13 +112,44 @@ def run_tune(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     _close(progress)
-    for line in summary_lines(result.to_dict()):
+    doc = result.to_dict()
+    for line in summary_lines(doc):
         print(line)
     print(
         f"results: {out / 'result.json'}; plots: "
         + ", ".join(str(out / f) for f in result.files.get("plots", {}).values())
     )
+    unrepresentable = _initial_weights_out_of_range(doc)
+    if unrepresentable:
+        t, hp = spec.training, spec.hyperparameters
+        print(
+            f"revhpo tune: the initial weights do not fit the fixed-point range, so no "
+            f"meta-iteration could run ({unrepresentable}); lower "
+            f"hyperparameters.init_scale.init or training.frac_bits. Received: "
+            f"hyperparameters.init_scale.init={hp.init_scale.init!r}, "
+            f"training.frac_bits={t.frac_bits}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return EXIT_OK
+
+
+def _initial_weights_out_of_range(doc: dict[str, Any]) -> str | None:
+    """The reason when a run diverged before any meta-iteration succeeded because its
+    weights were outside the fixed-point range (a spec problem, not a training outcome)."""
+    from revhpo.optimizers.tuner import FIXED_POINT_RANGE
+
+    history = doc.get("history") or []
+    if (
+        doc.get("status") != "diverged"
+        or not history
+        or not all(h.get("diverged") for h in history)
+    ):
+        return None
+    last = history[-1]
+    return (
+        last.get("divergence_reason") if last.get("divergence_kind") == FIXED_POINT_RANGE else None
+    )
 
 
 def _close(progress: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,9 +46,20 @@ __all__ = [
     "format_validation_error",
     "json_schema",
     "load_spec",
+    "momentum_rounding_problem",
+    "rationalize_momentum",
+    "spec_warnings",
 ]
 
 Granularity = Literal["scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"]
+
+#: Largest relative change of γ, or of 1 − γ, that rounding the momentum to an exact rational
+#: ``n/d`` (``d ≤ training.max_denominator``) may make before the spec is refused.
+MOMENTUM_ROUNDING_RTOL = 0.01
+#: Below this many fractional bits the spec loader warns about the fixed-point rounding.
+FRAC_BITS_WARN_BELOW = 32
+#: The engine's largest supported denominator (``revhpo.precise.rational``).
+_MAX_SUPPORTED_DENOMINATOR = 2**24
 
 
 class SpecError(ValueError):
@@ -284,6 +296,119 @@ class JobSpec(_Model):
         if isinstance(v, Mapping) and "kind" not in v:
             return {**v, "kind": "digits"}
         return v
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _momentum_representable(
+        cls, hp: HyperparametersSpec, info: ValidationInfo
+    ) -> HyperparametersSpec:
+        """Refuse a momentum init that the exact rational rounding changes noticeably.
+
+        Every entry of the momentum starts at ``init`` (tuned or not), and the engine applies it
+        as ``n/d`` with ``d ≤ training.max_denominator``; a γ that rounds to 1 freezes training.
+        """
+        training = info.data.get("training")  # absent when `training` itself is invalid
+        if training is not None:
+            problem = momentum_rounding_problem(hp.momentum.init, training.max_denominator)
+            if problem:
+                raise ValueError(problem)
+        return hp
+
+
+# ----------------------------------------------------------------------------- numerics checks
+def rationalize_momentum(rate: float, max_denominator: int) -> tuple[int, int]:
+    """``(n, d)``: the rational ``revhpo.precise.rationalize(rate, max_denominator)`` applies.
+
+    The same rounding without TensorFlow (``revhpo.precise`` imports it; this module must
+    not): the closest fraction with ``d ≤ max_denominator``, and ``1/max_denominator`` when
+    that closest fraction is 0. The tests compare the two over many values.
+    """
+    frac = Fraction(float(rate)).limit_denominator(int(max_denominator))
+    if frac.numerator == 0:
+        frac = Fraction(1, int(max_denominator))
+    return frac.numerator, frac.denominator
+
+
+def _rounding_errors(gamma: float, max_denominator: int) -> tuple[int, int, float, float]:
+    """``(n, d, relative change of γ, relative change of 1 − γ)``."""
+    n, d = rationalize_momentum(gamma, max_denominator)
+    err = abs(Fraction(n, d) - Fraction(gamma))
+    return n, d, float(err / Fraction(gamma)), float(err / (1 - Fraction(gamma)))
+
+
+def momentum_rounding_problem(gamma: float, max_denominator: int) -> str | None:
+    """Why momentum ``gamma`` cannot be applied faithfully with ``max_denominator``, or None.
+
+    Refused: γ rounds to 1 (``1 − γ = 0``: the gradient never enters the velocity and the
+    weights never move), or rounding changes γ or ``1 − γ`` (the weight of each gradient in
+    the velocity) by more than :data:`MOMENTUM_ROUNDING_RTOL`.
+    """
+    if not (math.isfinite(gamma) and 0 < gamma < 1):
+        return None  # the group's own validation names it
+    n, d, rel_g, rel_1mg = _rounding_errors(gamma, max_denominator)
+    if n != d and max(rel_g, rel_1mg) <= MOMENTUM_ROUNDING_RTOL:
+        return None
+    fix = _smallest_denominator(gamma)
+    advice = (
+        f"raise training.max_denominator to at least {fix}"
+        if fix is not None
+        else "no training.max_denominator up to 2**24 applies it within "
+        f"{MOMENTUM_ROUNDING_RTOL:.0%}"
+    ) + " or choose another momentum init"
+    received = (
+        f"Received: hyperparameters.momentum.init={gamma!r}, "
+        f"training.max_denominator={max_denominator}"
+    )
+    if n == d:
+        return (
+            f"hyperparameters.momentum.init={gamma!r} rounds to the exact rational {n}/{d} = 1 "
+            f"with training.max_denominator={max_denominator} (every γ above "
+            f"1 − 1/(2·max_denominator) = {1 - 1 / (2 * max_denominator):.10g} does): "
+            "1 − γ = 0, so no gradient ever enters the velocity and training does not move; "
+            f"{advice}. {received}"
+        )
+    return (
+        f"hyperparameters.momentum.init={gamma!r} is applied as the exact rational {n}/{d} = "
+        f"{n / d:.10g} with training.max_denominator={max_denominator}: γ changes by "
+        f"{_pct(rel_g)} and 1 − γ (the weight of each gradient in the velocity) by "
+        f"{_pct(rel_1mg)}, more than the {MOMENTUM_ROUNDING_RTOL:.0%} allowed; {advice}. "
+        f"{received}"
+    )
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _smallest_denominator(gamma: float) -> int | None:
+    """The smallest power of two bound that applies ``gamma`` within the tolerance (the
+    rounding error never grows with the bound: the candidate fractions only grow)."""
+    for k in range(1, _MAX_SUPPORTED_DENOMINATOR.bit_length()):
+        n, d, rel_g, rel_1mg = _rounding_errors(gamma, 2**k)
+        if n != d and max(rel_g, rel_1mg) <= MOMENTUM_ROUNDING_RTOL:
+            return 2**k
+    return None
+
+
+def spec_warnings(spec: JobSpec) -> list[str]:
+    """Warnings about a valid spec that the user should see (``revhpo tune`` prints them).
+
+    Today: ``training.frac_bits`` below 32, with the expected size of the rounding effect.
+    """
+    out = []
+    fb, steps = spec.training.frac_bits, spec.training.steps
+    if fb < FRAC_BITS_WARN_BELOW:
+        unit = 2.0**-fb
+        out.append(
+            f"training.frac_bits={fb}: the weights and velocities are rounded to multiples of "
+            f"2^-{fb} ≈ {unit:.1e} at every step: a rounding error of about {unit:.1e} "
+            f"relative to the weights' scale per step (for weights of order 1; more for smaller "
+            f"ones), up to ~{unit * steps:.1e} over training.steps={steps}. The exact "
+            "hypergradients are those of this rounded training and can differ from float "
+            "training's by ~0.1-1% (measured at 16 bits). Use frac_bits ≥ "
+            f"{FRAC_BITS_WARN_BELOW} (default 52) unless that is intended."
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- loading

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from revhpo.service.spec import JobSpec, SpecError, json_schema, load_spec
@@ -126,3 +127,113 @@ def test_cli_invalid_spec_names_field(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "meta.iterations" in err and "-3" in err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- numerics checks
+@pytest.mark.parametrize(
+    "gamma, max_den, effect",
+    [
+        (0.9, 2, "= 1"),  # rounds to 1: training frozen
+        (0.9, 4, "= 1"),
+        (1 - 1 / (2 * 2**16) + 1e-9, 2**16, "= 1"),  # just above 1 − 1/(2·max_denominator)
+        (0.9999999, 2**16, "= 1"),
+        (0.9, 8, "25%"),  # applied as 7/8: 1 − γ off by 25 %
+        (0.99999, 2**16, "52.6%"),  # applied as 65535/65536: 1 − γ off by 53 %
+        (1e-6, 2**16, "1.43e+03%"),  # applied as 1/65536
+    ],
+)
+def test_momentum_that_rounds_badly_is_refused(gamma, max_den, effect):
+    doc = {
+        "training": {"max_denominator": max_den},
+        "hyperparameters": {"momentum": {"init": gamma, "tune": True}},
+    }
+    with pytest.raises(SpecError) as info:
+        load_spec(doc)
+    msg = str(info.value)
+    for part in ("hyperparameters.momentum.init", "training.max_denominator", effect):
+        assert part in msg, msg
+    assert f"Received: hyperparameters.momentum.init={gamma!r}" in msg
+    assert f"training.max_denominator={max_den}" in msg
+    # untuned, the momentum is applied at its init all the same
+    doc["hyperparameters"]["momentum"]["tune"] = False
+    with pytest.raises(SpecError):
+        load_spec(doc)
+
+
+def test_momentum_refusal_names_a_denominator_that_works():
+    from revhpo.service.spec import momentum_rounding_problem
+
+    msg = momentum_rounding_problem(0.9, 2)
+    assert "at least 16" in msg  # 0.9 → 7/8 (off) with 8, 9/10 with 16
+    assert momentum_rounding_problem(0.9, 16) is None
+
+
+@pytest.mark.parametrize("max_den", [2**8, 2**16, 2**24])
+def test_momentum_applied_within_one_percent_is_accepted(max_den):
+    """The check never refuses a momentum its rational represents faithfully."""
+    from fractions import Fraction
+
+    from revhpo.service.spec import rationalize_momentum
+
+    accepted = 0
+    for gamma in [*np.linspace(0.01, 0.99, 99), 0.995, 0.999, 0.9995]:
+        n, d = rationalize_momentum(float(gamma), max_den)
+        err = abs(Fraction(n, d) - Fraction(float(gamma)))
+        faithful = n != d and err <= 0.01 * min(Fraction(float(gamma)), 1 - Fraction(float(gamma)))
+        doc = {
+            "training": {"max_denominator": max_den},
+            "hyperparameters": {"momentum": {"init": float(gamma)}},
+        }
+        if faithful:
+            load_spec(doc)  # does not raise
+            accepted += 1
+        else:
+            with pytest.raises(SpecError):
+                load_spec(doc)
+    assert accepted >= 99  # with 2**8, 0.995 and above round badly; everything else is fine
+
+
+def test_spec_rounding_is_the_engines_rationalize():
+    """``rationalize_momentum`` (TensorFlow-free) gives the very n/d ``revhpo.precise`` uses."""
+    from revhpo.precise import rationalize
+    from revhpo.service.spec import rationalize_momentum
+
+    rng = np.random.default_rng(0)
+    values = [
+        *rng.uniform(0, 1, 3000),
+        *(1 - 10 ** rng.uniform(-9, -1, 1000)),
+        *(10 ** rng.uniform(-9, -1, 500)),
+        0.5,
+        0.9,
+        0.99,
+        1.0,
+        5e-324,
+    ]
+    bounds = [2, 3, 7, 8, 255, 1000, 2**16, 2**16 + 1, 2**20, 2**24]
+    checked = 0
+    for v in values:
+        if not 0 < v <= 1:
+            continue
+        for d in bounds:
+            assert tuple(rationalize(float(v), d)) == rationalize_momentum(float(v), d), (v, d)
+            checked += 1
+    assert checked > 40_000
+
+
+def test_low_frac_bits_warns_with_the_size_of_the_effect(tmp_path, capsys):
+    from revhpo.service.cli import main
+    from revhpo.service.spec import spec_warnings
+
+    assert spec_warnings(load_spec({})) == []
+    assert spec_warnings(load_spec({"training": {"frac_bits": 32}})) == []
+    (w,) = spec_warnings(load_spec({"training": {"frac_bits": 16, "steps": 100}}))
+    for part in ("training.frac_bits=16", "2^-16", "1.5e-05", "1.5e-03", "relative"):
+        assert part in w, w
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"training": {"frac_bits": 16}}))
+    assert main(["tune", str(path), "--check"]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out
+    assert "warning: training.frac_bits=16" in captured.err and "2^-16" in captured.err
+    assert main(["tune", str(EXAMPLES / "quick_digits.yaml"), "--check"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -254,6 +254,44 @@ def test_divergence_backtracks_then_stops():
     assert st4.stop_reason and "on_divergence='stop'" in st4.stop_reason
 
 
+def test_initial_weights_outside_the_fixed_point_range_are_a_divergence(problem):
+    """A weight the fixed point cannot hold (here: init scale 1e12, |w0| > 2**62 / 2**52) is
+    a divergence at step 0 (backtrack or stop), never an exception out of the loop."""
+    tuner = Tuner(problem, TunerConfig(max_backtracks=2))
+    good = problem.initial_raw()
+    huge = {**good, "log_init_scale": np.full_like(good["log_init_scale"], math.log(1e12))}
+    opt = tuner.opt
+    st = MetaState(1, huge, opt.init(huge), prev_raw=good, prev_opt_state=opt.init(good))
+    st2, rec = tuner.step(st)
+    assert rec["diverged"] and rec["action"] == "backtrack"
+    assert rec["divergence_kind"] == "fixed_point_range" and rec["divergence_step"] == 0
+    assert "fixed-point range" in rec["divergence_reason"]
+    assert st2.raw is good and st2.step_scale == 0.5 and st2.stop_reason is None
+    # from the initial hyperparameters there is nothing to go back to: the loop stops
+    st3, rec = tuner.step(MetaState(0, huge, opt.init(huge)))
+    assert rec["action"] == "stop"
+    assert "fixed-point range" in st3.stop_reason and "initial hyperparameters" in st3.stop_reason
+
+
+@pytest.mark.slow
+def test_cli_tune_refuses_initial_weights_outside_the_fixed_point_range(tmp_path, capsys):
+    from revhpo.service.cli import main
+
+    spec = tiny_spec(
+        hyperparameters={"init_scale": {"init": 1e12, "tune": True, "granularity": "per_layer"}},
+        meta={"iterations": 2, "eval_seeds": 1},
+    )
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec.model_dump(mode="json")))
+    assert main(["tune", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("revhpo tune: the initial weights do not fit the fixed-point range")
+    assert "hyperparameters.init_scale.init=1000000000000.0" in err
+    assert "training.frac_bits=52" in err
+    doc = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert doc["status"] == "diverged" and doc["meta_iterations"] == 1
+
+
 @pytest.mark.slow
 def test_diverging_job_stops_with_reason(tmp_path):
     spec = tiny_spec(
