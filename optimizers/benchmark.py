@@ -142,19 +142,6 @@ def mlp_bench_problem(
     )
 
 
-def mlp_problem(
-    sizes: Sequence[int] = DEFAULT_SIZES,
-    n_train: int = 1000,
-    n_val: int = 500,
-    batch: int = 200,
-    seed: int = 0,
-    dtype: tf.DType = tf.float64,
-) -> tuple[TrainLoss, ValLoss, list[tf.Tensor]]:
-    """:func:`mlp_bench_problem`'s ``(L, f, w0)``."""
-    p = mlp_bench_problem(sizes, n_train, n_val, batch, seed, dtype)
-    return p.train_loss, p.val_loss, p.w0
-
-
 class WholeLoopSGD:
     """Plain float SGD-momentum, the whole ``T``-step loop in one compiled call.
 
@@ -442,7 +429,8 @@ def measure(
 
 def _peak_rss_child(method: str, sizes: Sequence[int], steps: int, batch: int) -> None:
     """Run one hypergradient in this process and print its peak RSS in MiB as JSON."""
-    train_loss, val_loss, w0 = mlp_problem(sizes, batch=batch)
+    p = mlp_bench_problem(sizes, batch=batch)
+    train_loss, val_loss, w0 = p.train_loss, p.val_loss, p.w0
     k = len(w0)
     a, g = np.full((steps, k), 0.1), np.full((steps, k), 0.9)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -37,16 +37,18 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # ----------------------------------------------------------------------------- helpers
-def _add_client_args(p: argparse.ArgumentParser) -> None:
+def _add_api_and_token(p: argparse.ArgumentParser, token_help: str) -> None:
     p.add_argument(
         "--api",
         default=os.environ.get("REVHPO_API", DEFAULT_API),
         help="URL of the API (environment: REVHPO_API)",
     )
-    p.add_argument(
-        "--token",
-        default=None,
-        help="API key; default: $REVHPO_TOKEN, else none (anonymous, loopback servers only)",
+    p.add_argument("--token", default=None, help=token_help)
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    _add_api_and_token(
+        p, "API key; default: $REVHPO_TOKEN, else none (anonymous, loopback servers only)"
     )
     p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each answer of the API"
@@ -73,15 +75,9 @@ WORKER_EPILOG = (
 
 def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     """The worker's command-line flags (shared with `revhpo worker`)."""
-    p.add_argument(
-        "--api",
-        default=os.environ.get("REVHPO_API", DEFAULT_API),
-        help="URL of the API (environment: REVHPO_API)",
-    )
-    p.add_argument(
-        "--token",
-        default=None,
-        help="worker API key (`revhpo keys create --worker`); default: $REVHPO_TOKEN, else "
+    _add_api_and_token(
+        p,
+        "worker API key (`revhpo keys create --worker`); default: $REVHPO_TOKEN, else "
         "none (anonymous, accepted by a loopback-only server)",
     )
     p.add_argument(
