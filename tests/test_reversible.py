@@ -190,6 +190,7 @@ def test_minibatch_table_rows_equal_the_per_step_indices(n, batch, steps):
         np.testing.assert_array_equal(table[t], minibatch_indices(5, t, n, batch).numpy())
 
 
+@pytest.mark.slow
 def test_chunked_passes_are_exact_and_equal_to_one_chunk():
     """Chunk boundaries (with register cuts inside and across them) change no bit."""
     train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
@@ -205,6 +206,7 @@ def test_chunked_passes_are_exact_and_equal_to_one_chunk():
             np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma,steps", [(0.99, 500), (0.9, 100), (0.99, 100)])
 def test_buffer_holds_within_ten_percent_of_the_information_bound(gamma, steps):
     """Registers shared by enough elements that start-up and word padding stay small."""

@@ -173,6 +173,7 @@ def problem():
     return build_problem(tiny_spec())
 
 
+@pytest.mark.slow
 def test_problem_contract(problem):
     assert set(problem.initial_raw()) == {
         "log_learning_rate",

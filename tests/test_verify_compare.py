@@ -47,6 +47,7 @@ def test_fd_steps_start_with_eps_then_nearest():
     assert _fd_steps(3e-4)[0] == 3e-4 and sorted(_fd_steps(3e-4)[1:]) == sorted(FD_STEPS)
 
 
+@pytest.mark.slow
 def test_compare_accepts_the_true_value_and_rejects_perturbed_ones():
     problem = build_problem(load_spec(TINY))
     ev = problem.evaluate(seed=0)

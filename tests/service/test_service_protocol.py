@@ -171,6 +171,7 @@ def test_no_anonymous_access_off_loopback(db_url, server_factory):
     assert httpx.get(srv.url + "/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_keys_created_by_the_cli(db_url, server_factory):
     srv = server_factory(db_url, REVHPO_ALLOW_ANONYMOUS="false")
     from revhpo.service.auth import create_key as create_key_in_process
