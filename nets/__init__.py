@@ -13,8 +13,9 @@ Keras deserialisation of a saved ``NetLayer`` needs ``revhpo.nets.keras_layers``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from revhpo._lazy import lazy_exports
 
 # name -> submodule that defines it (imported on first access)
 _LAZY: dict[str, str] = {
@@ -118,17 +119,7 @@ __all__ = [
 ]  # == sorted(_LAZY) (checked by tests/test_net_configs.py)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 if TYPE_CHECKING:  # the names for static analysis; at run time __getattr__ imports them

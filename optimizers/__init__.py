@@ -46,4 +46,4 @@ _EXPORTS = {
     "CheckpointError": "checkpoint",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

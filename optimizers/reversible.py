@@ -740,14 +740,17 @@ def _reverse_pass(
     dtheta = [tf.zeros_like(x) for x in p.theta]
     d_alpha = np.zeros_like(p.sc.alpha)
     d_gamma = np.zeros_like(p.sc.alpha)
+    rest = [p.theta, p.key, run.layout]
+    traced = False
     for t0, t1 in reversed(p.chunks()):
         local = _unplan_chunk(p, run, t0, t1)
         state = [run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, tf.constant(t0), tf.constant(t1)]
-        rest = [p.theta, p.key, run.layout]
-        # The chunk's length and its number of cuts vary: trace once for any (a no-op after
-        # the first call of this stepper), never once per shape.
-        relaxed = tuple(tf.TensorSpec([None, *x.shape[1:]], x.dtype) for x in local)
-        p.st.reverse_chunk.get_concrete_function(*state, p.sc.tables, relaxed, *rest)
+        if not traced:
+            # The chunk's length and its number of cuts vary: trace once for any (a no-op
+            # when this stepper already has that trace), never once per shape.
+            relaxed = tuple(tf.TensorSpec([None, *x.shape[1:]], x.dtype) for x in local)
+            p.st.reverse_chunk.get_concrete_function(*state, p.sc.tables, relaxed, *rest)
+            traced = True
         out = p.st.reverse_chunk(*state, p.sc.tables, local, *rest)
         run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = out
         d_alpha[t0:t1] = da.numpy()

@@ -190,8 +190,9 @@ def verify_spec(
         "hypergradients": [],
         "ok": False,
     }
-    if spec_warnings(spec):
-        report["warnings"] = spec_warnings(spec)
+    warnings = spec_warnings(spec)
+    if warnings:
+        report["warnings"] = warnings
     hint = (
         f"lower hyperparameters.init_scale.init or training.frac_bits. Received: "
         f"hyperparameters.init_scale.init={spec.hyperparameters.init_scale.init!r}, "
