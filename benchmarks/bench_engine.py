@@ -252,19 +252,25 @@ def _tf_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace the section in ``path`` (up to the next ``## `` heading), or insert it before
-    the optimizers section (at the end when that is missing)."""
+def write_section(
+    section: str,
+    path: Path = BENCHMARKS_MD,
+    *,
+    heading: str = HEADING,
+    insert_before: str = INSERT_BEFORE,
+) -> None:
+    """Replace the section ``heading`` in ``path`` (up to the next ``## `` heading), or insert
+    it before the ``insert_before`` heading (at the end when that is missing)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is not None:
         end = next(
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
     else:
         start = next(
-            (i for i, line in enumerate(lines) if line.rstrip() == INSERT_BEFORE), len(lines)
+            (i for i, line in enumerate(lines) if line.rstrip() == insert_before), len(lines)
         )
         end = start
         if start == len(lines) and not text.endswith("\n\n"):

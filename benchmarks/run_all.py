@@ -1,8 +1,8 @@
 """Run every benchmark in turn (what `make bench` runs); each prints its own figures.
 
 The figures recorded in BENCHMARKS.md were measured with the individual commands named there;
-this script reruns them all (about an hour on 2 CPU cores, most of it the digits experiment
-and the service's chaos runs). Pass --quick for a smaller smoke run of each.
+this script reruns them all (about an hour and a half on 2 CPU cores, most of it the tuning
+benchmark and the service's chaos runs). Pass --quick for a smaller smoke run of each.
 """
 
 from __future__ import annotations
@@ -28,12 +28,7 @@ def main() -> int:
         + (["--steps", "20", "--memory-steps", "20", "--cold-spec", ""] if args.quick else []),
         [py, f"{HERE}/bench_engine.py"] + (["--quick"] if args.quick else []),
         [py, f"{HERE}/bench_nets.py"] + (["--quick"] if args.quick else []),
-        [py, f"{HERE}/bench_tuning.py"]
-        + (
-            ["--iterations", "3", "--eval-seeds", "2"]
-            if args.quick
-            else ["--iterations", "60", "--eval-seeds", "20"]
-        ),
+        [py, f"{HERE}/bench_tuning.py"] + (["--quick"] if args.quick else []),
     ]
     for backend in ("sqlite", "postgres"):
         runs.append(

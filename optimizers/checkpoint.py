@@ -20,7 +20,9 @@ from revhpo.optimizers.state import MetaState
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "from_bytes", "to_bytes", "to_jsonable"]
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+#: Older versions this revhpo still reads (their missing fields take their defaults).
+READABLE_VERSIONS = (2, 3)
 
 
 class CheckpointError(RuntimeError):
@@ -57,6 +59,9 @@ def to_bytes(state: MetaState, *, tag: str) -> bytes:
     if state.prev_raw is not None:
         arrays.update(_prefixed("prev_raw", state.prev_raw))
         arrays.update(_prefixed("prev_opt", state_to_arrays(state.prev_opt_state)))
+    if state.best_raw is not None:
+        arrays.update(_prefixed("best_raw", state.best_raw))
+        arrays.update(_prefixed("best_opt", state_to_arrays(state.best_opt_state)))
     meta = {
         "version": CHECKPOINT_VERSION,
         "tag": tag,
@@ -66,6 +71,12 @@ def to_bytes(state: MetaState, *, tag: str) -> bytes:
         "stop_reason": state.stop_reason,
         "tuning_s": state.tuning_s,
         "history": to_jsonable(state.history),
+        "started": state.started,
+        "start": to_jsonable(state.start),
+        "select_loss": _finite_or_str(state.select_loss),
+        "best_iteration": state.best_iteration,
+        "best_select_loss": _finite_or_str(state.best_select_loss),
+        "since_best": state.since_best,
     }
     arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     buf = io.BytesIO()
@@ -98,7 +109,7 @@ def from_bytes(
         CheckpointError: unreadable, wrong version, or tagged for a different job.
     """
     meta, arrays = _read_arrays(data, where)
-    if meta.get("version") != CHECKPOINT_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"unsupported checkpoint version {meta.get('version')!r} (this revhpo writes "
             f"{CHECKPOINT_VERSION}). Received: {where}"
@@ -111,6 +122,7 @@ def from_bytes(
         return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
     prev_raw = part("prev_raw") or None
+    best_raw = part("best_raw") or None
     return MetaState(
         iteration=int(meta["iteration"]),
         raw=part("raw"),
@@ -122,4 +134,23 @@ def from_bytes(
         history=list(meta["history"]),
         stop_reason=meta["stop_reason"],
         tuning_s=float(meta.get("tuning_s", 0.0)),
+        started=bool(meta.get("started", meta["iteration"] > 0)),
+        start=meta.get("start"),
+        select_loss=_float_or_none(meta.get("select_loss")),
+        best_raw=best_raw,
+        best_opt_state=state_from_arrays(opt, part("best_opt")) if best_raw is not None else None,
+        best_iteration=int(meta.get("best_iteration", 0)),
+        best_select_loss=float(meta.get("best_select_loss", "inf")),
+        since_best=int(meta.get("since_best", 0)),
     )
+
+
+def _finite_or_str(x: float | None) -> float | str | None:
+    """A float for strict JSON: non-finite values as their string (``"inf"``)."""
+    if x is None or math.isfinite(x):
+        return x
+    return str(float(x))
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)

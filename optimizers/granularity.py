@@ -6,7 +6,13 @@ here. TensorFlow-free, so the API can validate specs without importing TensorFlo
 
 from __future__ import annotations
 
-__all__ = ["GRANULARITIES", "GROUPS", "check_granularity"]
+__all__ = ["DEFAULT_KNOTS", "GRANULARITIES", "GROUPS", "KNOT_GRANULARITIES", "check_granularity"]
+
+#: Schedules given by their values at K knots in time, linear in between (shared by the layers,
+#: or one schedule per layer). Their hypergradients follow by the chain rule.
+KNOT_GRANULARITIES = ("knots", "per_layer_knots")
+#: K of a knot schedule when the spec does not say.
+DEFAULT_KNOTS = 4
 
 #: group → (unconstrained transform, raw-array key)
 GROUPS: dict[str, tuple[str, str]] = {
@@ -18,8 +24,22 @@ GROUPS: dict[str, tuple[str, str]] = {
 
 #: group → the granularities it accepts (the first is the coarsest)
 GRANULARITIES: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
-    "momentum": ("scalar", "per_step", "per_layer", "per_layer_per_step"),
+    "learning_rate": (
+        "scalar",
+        "knots",
+        "per_layer_knots",
+        "per_step",
+        "per_layer",
+        "per_layer_per_step",
+    ),
+    "momentum": (
+        "scalar",
+        "knots",
+        "per_layer_knots",
+        "per_step",
+        "per_layer",
+        "per_layer_per_step",
+    ),
     "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
     "init_scale": ("scalar", "per_layer"),
 }

@@ -9,8 +9,12 @@ arrays with ``tape.gradient(outputs, raw, output_gradients=...)``.
 Shapes of a group's natural value, by granularity (T steps, L layers, N weights, K tensors):
 ``scalar`` → ``[]``; ``per_step`` → ``[T]``; ``per_layer`` → ``[L]``;
 ``per_layer_per_step`` → ``[T, L]``; ``per_weight`` (weight decay only) → ``[N]`` (flat, in
-parameter order). Learning rate and momentum are expanded to ``[T, K]`` through the layer index
-of each weight tensor.
+parameter order); ``knots`` → ``[Q]`` and ``per_layer_knots`` → ``[Q, L]``: a schedule's values
+at Q knots evenly spaced over the T steps, linear in between (:func:`knot_matrix`; Q = 1 is a
+constant). Learning rate and momentum are expanded to ``[T, K]`` through the layer index of
+each weight tensor. A knot schedule is a convex combination of its knot values at every step,
+so it stays positive (α) and inside (0, 1) (γ), and its hypergradient is the chain rule through
+the interpolation (one matrix product, differentiated by the tape like every other map here).
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from revhpo.optimizers.granularity import GRANULARITIES, GROUPS, check_granularity
+from revhpo.optimizers.granularity import (
+    DEFAULT_KNOTS,
+    GRANULARITIES,
+    GROUPS,
+    KNOT_GRANULARITIES,
+    check_granularity,
+)
 
 __all__ = [
     "GRANULARITIES",
@@ -32,8 +42,27 @@ __all__ = [
     "Layout",
     "Parametrization",
     "from_unconstrained",
+    "knot_matrix",
     "to_unconstrained",
 ]
+
+
+def knot_matrix(steps: int, knots: int) -> np.ndarray:
+    """``[T, Q]`` weights of piecewise-linear interpolation between Q evenly spaced knots.
+
+    Knot ``q`` sits at step ``q (T − 1) / (Q − 1)``; row ``t`` holds the two hat-function weights
+    of the knots around ``t`` (non-negative, summing to 1). Q = 1 gives a column of ones.
+    """
+    if not 1 <= knots <= steps:
+        raise ValueError(
+            f"`knots` must be in [1, {steps}] (the training steps). Received: knots={knots}"
+        )
+    if knots == 1:
+        return np.ones((steps, 1))
+    t = np.arange(steps, dtype=np.float64)[:, None]
+    pos = np.linspace(0.0, steps - 1.0, knots)[None, :]
+    width = (steps - 1.0) / (knots - 1.0)
+    return np.maximum(0.0, 1.0 - np.abs(t - pos) / width)
 
 
 def to_unconstrained(value: float | np.ndarray, transform: str) -> np.ndarray:
@@ -64,15 +93,19 @@ class HyperGroup:
         init: initial natural value (every entry starts there).
         tuned: whether it is optimised (else it stays a constant).
         granularity: see the module docstring.
+        knots: Q, the knots of a ``knots`` / ``per_layer_knots`` schedule (else unused).
     """
 
     name: str
     init: float
     tuned: bool = False
     granularity: str = "scalar"
+    knots: int = DEFAULT_KNOTS
 
     def __post_init__(self) -> None:
         check_granularity(self.name, self.granularity)
+        if self.granularity in KNOT_GRANULARITIES and not self.knots >= 1:
+            raise ValueError(f"`knots` must be ≥ 1. Received: knots={self.knots!r}")
         if self.name == "momentum" and not 0 < self.init < 1:
             raise ValueError(f"momentum `init` must be in (0, 1). Received: init={self.init!r}")
         if self.name == "weight_decay" and self.init < 0:
@@ -127,10 +160,17 @@ class Layout:
         """N: total number of weights."""
         return int(sum(math.prod(s) for s in self.param_shapes))
 
-    def shape_of(self, granularity: str) -> tuple[int, ...]:
-        """Shape of a group's natural value at this granularity."""
+    def shape_of(self, granularity: str, knots: int = DEFAULT_KNOTS) -> tuple[int, ...]:
+        """Shape of a group's natural value at this granularity (``knots``: Q of a knot one)."""
+        if granularity in KNOT_GRANULARITIES and not 1 <= knots <= self.steps:
+            raise ValueError(
+                f"`knots` must be in [1, {self.steps}] (the training steps). "
+                f"Received: knots={knots}"
+            )
         return {
             "scalar": (),
+            "knots": (knots,),
+            "per_layer_knots": (knots, self.n_layers),
             "per_step": (self.steps,),
             "per_layer": (self.n_layers,),
             "per_layer_per_step": (self.steps, self.n_layers),
@@ -177,6 +217,11 @@ class Parametrization:
         # [K, L] one-hot of each tensor's layer: per-layer → per-tensor by a matmul (dense
         # gradients; tf.gather would give IndexedSlices, which the HVP machinery rejects).
         self._onehot = tf.one_hot(layout.param_layers, layout.n_layers, dtype=tf.float64)
+        for g in self.groups.values():  # a knot count that does not fit T fails here, once
+            layout.shape_of(g.granularity, g.knots)
+
+    def _shape(self, g: HyperGroup) -> tuple[int, ...]:
+        return self.layout.shape_of(g.granularity, g.knots)
 
     def _to_tensors(self, v: tf.Tensor) -> tf.Tensor:
         """Per-layer values ``[..., L]`` → per-tensor values ``[..., K]``."""
@@ -189,11 +234,19 @@ class Parametrization:
     # -- raw arrays -------------------------------------------------------------------------
     def initial_raw(self) -> dict[str, np.ndarray]:
         """The raw arrays of the tuned groups at their initial values (float64)."""
+        return self.constant_raw({})
+
+    def constant_raw(self, values: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """Raw arrays of the tuned groups with every entry at ``values[name]`` (a natural
+        value; the group's ``init`` where absent): e.g. a point of a coarse grid search."""
+        unknown = set(values) - set(self.groups)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter groups. Received: {sorted(unknown)}")
         out = {}
-        for g in self.groups.values():
+        for name, g in self.groups.items():
             if g.tuned:
-                shape = self.layout.shape_of(g.granularity)
-                out[g.raw_key] = np.full(shape, to_unconstrained(g.init, g.transform))
+                v = values.get(name, g.init)
+                out[g.raw_key] = np.full(self._shape(g), to_unconstrained(v, g.transform))
         return out
 
     def n_tuned(self) -> int:
@@ -211,14 +264,22 @@ class Parametrization:
                 r = tf.convert_to_tensor(raw[g.raw_key], dtype=tf.float64)
                 out[name] = from_unconstrained(r, g.transform)
             else:
-                out[name] = tf.fill(
-                    self.layout.shape_of(g.granularity), tf.constant(g.init, tf.float64)
-                )
+                out[name] = tf.fill(self._shape(g), tf.constant(g.init, tf.float64))
         return out
 
-    def _per_tensor_schedule(self, v: tf.Tensor, granularity: str) -> tf.Tensor:
+    def _knots_to_steps(self, v: tf.Tensor, g: HyperGroup) -> tuple[tf.Tensor, str]:
+        """A knot schedule's values at every step (``per_step`` / ``per_layer_per_step``)."""
+        m = tf.constant(knot_matrix(self.layout.steps, g.knots), v.dtype)
+        if g.granularity == "knots":
+            return tf.linalg.matvec(m, v), "per_step"
+        return tf.matmul(m, v), "per_layer_per_step"
+
+    def _per_tensor_schedule(self, v: tf.Tensor, g: HyperGroup) -> tf.Tensor:
         """Expand a natural value to ``[T, K]`` (per layer → each tensor of that layer)."""
         T, K = self.layout.steps, self.layout.n_tensors
+        granularity = g.granularity
+        if granularity in KNOT_GRANULARITIES:
+            v, granularity = self._knots_to_steps(v, g)
         if granularity == "scalar":
             return v * tf.ones([T, K], tf.float64)
         if granularity == "per_step":
@@ -233,8 +294,8 @@ class Parametrization:
         """Map raw arrays to the training hyperparameters (differentiable TF ops)."""
         nat = self.natural(raw)
         g = self.groups
-        alpha = self._per_tensor_schedule(nat["learning_rate"], g["learning_rate"].granularity)
-        gamma = self._per_tensor_schedule(nat["momentum"], g["momentum"].granularity)
+        alpha = self._per_tensor_schedule(nat["learning_rate"], g["learning_rate"])
+        gamma = self._per_tensor_schedule(nat["momentum"], g["momentum"])
         wd = g["weight_decay"]
         lam = nat["weight_decay"] if (wd.tuned or wd.init > 0) else None
         s = nat["init_scale"]
@@ -271,15 +332,44 @@ class Parametrization:
         return [scales[k] * tf.cast(r, tf.float64) for k, r in enumerate(raw_init)]
 
     # -- reporting --------------------------------------------------------------------------
+    def per_step_per_layer(self, v: tf.Tensor, g: HyperGroup) -> np.ndarray | None:
+        """A group's natural value expanded to ``[T, L]`` (None for ``per_weight``)."""
+        T, L = self.layout.steps, self.layout.n_layers
+        v = tf.convert_to_tensor(v, tf.float64)
+        granularity = g.granularity
+        if granularity in KNOT_GRANULARITIES:
+            v, granularity = self._knots_to_steps(v, g)
+        a = np.asarray(v, np.float64)
+        if granularity == "scalar":
+            return np.full((T, L), float(a))
+        if granularity == "per_step":
+            return np.repeat(a[:, None], L, axis=1)
+        if granularity == "per_layer":
+            return np.repeat(a[None, :], T, axis=0)
+        if granularity == "per_layer_per_step":
+            return a
+        return None
+
     def describe(self, raw: Mapping[str, tf.Tensor]) -> dict[str, dict]:
-        """JSON-able natural values of all groups (lists), with granularity and tuned flag."""
+        """JSON-able natural values of all groups (lists), with granularity and tuned flag.
+
+        ``value`` holds the values actually tuned (e.g. a knot schedule's knot values);
+        ``per_step_per_layer`` the same group expanded to every step and layer ``[T][L]``
+        (absent for ``per_weight``); knot groups also give ``knots`` (Q).
+        """
         nat = self.natural(raw)
-        return {
-            name: {
+        out: dict[str, dict] = {}
+        for name, g in self.groups.items():
+            d: dict[str, Any] = {
                 "granularity": g.granularity,
                 "tuned": g.tuned,
                 "transform": g.transform,
                 "value": np.asarray(nat[name]).tolist(),
             }
-            for name, g in self.groups.items()
-        }
+            if g.granularity in KNOT_GRANULARITIES:
+                d["knots"] = g.knots
+            expanded = self.per_step_per_layer(nat[name], g)
+            if expanded is not None:
+                d["per_step_per_layer"] = expanded.tolist()
+            out[name] = d
+        return out

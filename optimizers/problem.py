@@ -7,7 +7,10 @@ reverse training run and pulls the hypergradients back to the raw arrays.
 Training loss ``L(w, θ, t, batches)`` = mean task loss on minibatch ``batches[t]`` + ``½ Σ λ w²``,
 where ``batches = minibatch_table(seed, T, n, B)`` (row ``t`` equals
 ``minibatch_indices(seed, t, n, B)``) is made once per training seed; validation loss ``f(w)``
-= mean task loss on the whole validation set. The task loss is
+= mean task loss on the validation set's *fit* part. With ``select_fraction > 0`` a fixed
+random part of the validation set is kept out of ``f`` (the *select* part): the tuner selects
+iterates on it (:meth:`TuningProblem.selection_loss`), so a selection the hypergradient never
+saw catches hyperparameters that overfit the fit part. The task loss is
 :func:`revhpo.nets.task_loss` (softmax
 cross-entropy for classifiers, ``½ mean ‖x̂ − x‖²`` for reconstruction nets), the same one the
 nets' own hypergradient tests check. The training seed is an argument of every call, never
@@ -32,11 +35,23 @@ from revhpo.optimizers.reversible import (
 )
 from revhpo.optimizers.unrolled import PlainSGD
 
-__all__ = ["EVAL_SEED_OFFSET", "ArraySplits", "Evaluation", "TuningProblem", "training_seed"]
+__all__ = [
+    "EVAL_SEED_OFFSET",
+    "SELECT_SEED_OFFSET",
+    "ArraySplits",
+    "Evaluation",
+    "TuningProblem",
+    "training_seed",
+]
 
-#: Offset of the held-out evaluation seeds: tuning uses ``base + i`` for meta-iteration ``i``
-#: (``i < 100_000``), evaluation uses ``base + EVAL_SEED_OFFSET + j``: the two never meet.
+#: Offset of the held-out evaluation seeds: hypergradients use ``base + i`` (``i < 500_000``),
+#: the selection estimate ``base + SELECT_SEED_OFFSET + j``, the final evaluation
+#: ``base + EVAL_SEED_OFFSET + j``: the three never meet.
 EVAL_SEED_OFFSET = 1_000_000
+#: Offset of the seeds the selection estimate trains with (see :data:`EVAL_SEED_OFFSET`).
+SELECT_SEED_OFFSET = 500_000
+#: Largest seed index a hypergradient may use (below the selection seeds).
+MAX_TUNING_SEEDS = SELECT_SEED_OFFSET
 
 Raw = Mapping[str, Any]
 
@@ -83,6 +98,8 @@ class TuningProblem:
         dtype: dtype the net is evaluated in.
         frac_bits: fixed-point fractional bits of the exact optimizer.
         max_denominator: denominator bound of the momentum rationals.
+        select_fraction: part of the validation set kept out of ``f`` for selection (0: none;
+            ``f`` and the selection both use the whole validation set).
 
     The compiled steps are made once here and reused by every call, for every seed.
     """
@@ -97,6 +114,7 @@ class TuningProblem:
         dtype: tf.DType = tf.float64,
         frac_bits: int = 52,
         max_denominator: int = 2**16,
+        select_fraction: float = 0.0,
     ) -> None:
         self.net = net
         self.data = data
@@ -114,9 +132,16 @@ class TuningProblem:
             )
         self._splits = _split_tensors(data, self.dtype)
         self._x_train, self._y_train = self._splits["train"]
+        self.select_fraction = float(select_fraction)
+        self._fit, self._select = _fit_select(data, self.dtype, self.select_fraction)
+        self._select_fn = tf.function(
+            lambda w: task_loss(self.net, self.net.apply(w, self._select[0]), *self._select),
+            reduce_retracing=True,
+            autograph=False,
+        )
         self._stepper = make_stepper(self.train_loss, len(net.param_layers), self.dtype, frac_bits)
         self._plain = PlainSGD(self.train_loss, self.dtype)
-        self._metrics_fn = tf.function(self._metrics, reduce_retracing=True, autograph=False)
+        self._metrics_fn = tf.function(self._metrics, autograph=False)
         self._table = tf.function(
             lambda seed: minibatch_table(seed, self.steps, self.n_train, self.batch_size)
         )
@@ -143,14 +168,36 @@ class TuningProblem:
         return self._table(tf.constant(int(seed), tf.int64))
 
     def val_loss(self, w: Sequence[tf.Tensor]) -> tf.Tensor:
-        """``f(w)``: mean task loss on the validation set."""
-        x, y = self._splits["val"]
+        """``f(w)``: mean task loss on the validation set's fit part (the whole set when
+        ``select_fraction`` is 0)."""
+        x, y = self._fit
         w = [tf.cast(p, self.dtype) for p in w]
         return task_loss(self.net, self.net.apply(w, x), x, y)
 
-    def _metrics(self, w: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+    def selection_loss(self, raw: Raw | None, seeds: Sequence[int]) -> float:
+        """Mean loss on the validation set's select part after plain training on each seed.
+
+        The tuner's estimate of generalisation: the hypergradient never sees the select part
+        (when ``select_fraction > 0``) nor these seeds. ``inf`` when a run diverges.
+        """
+        from revhpo.optimizers.reversible import DivergenceError
+
+        vals = []
+        for s in seeds:
+            try:
+                w, _ = self.train(raw, s)
+                v = float(self._select_fn([tf.cast(p, self.dtype) for p in w]))
+            except (DivergenceError, tf.errors.InvalidArgumentError, ValueError):
+                return float("inf")
+            if not np.isfinite(v):
+                return float("inf")
+            vals.append(v)
+        return float(np.mean(vals)) if vals else float("inf")
+
+    def _metrics(self, w: list[tf.Tensor], splits: tuple[str, ...]) -> dict[str, tf.Tensor]:
         out = {}
-        for name, (x, y) in self._splits.items():
+        for name in splits:
+            x, y = self._splits[name]
             o = self.net.apply(w, x)
             out[f"{name}_loss"] = task_loss(self.net, o, x, y)
             if self.net.task != "reconstruction":
@@ -158,9 +205,11 @@ class TuningProblem:
                 out[f"{name}_acc"] = tf.reduce_mean(hit)
         return out
 
-    def metrics(self, w: Sequence[tf.Tensor]) -> dict[str, float]:
-        """Loss (no weight decay) and accuracy of weights ``w`` on every split."""
-        res = self._metrics_fn([tf.cast(p, self.dtype) for p in w])
+    def metrics(self, w: Sequence[tf.Tensor], include_test: bool = True) -> dict[str, float]:
+        """Loss (no weight decay) and accuracy of weights ``w`` on every split (the test set
+        only with ``include_test``: figures shown while tuning runs never include it)."""
+        splits = tuple(k for k in self._splits if include_test or k != "test")
+        res = self._metrics_fn([tf.cast(p, self.dtype) for p in w], splits)
         return {k: float(v) for k, v in res.items()}
 
     # -- raw → training inputs -------------------------------------------------------------
@@ -268,3 +317,31 @@ def _split_tensors(data: ArraySplits, dtype: tf.DType) -> dict[str, tuple[tf.Ten
                 tf.constant(np.asarray(y).astype(np.int32)),
             )
     return out
+
+
+def _fit_select(
+    data: ArraySplits, dtype: tf.DType, fraction: float
+) -> tuple[tuple[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """The validation set's fit and select parts (both the whole set when ``fraction`` is 0).
+
+    The select part is a fixed random subset (the same for every run of the same data), of
+    ``round(fraction · n_val)`` examples, at least 1 and leaving at least 1 to fit on.
+    """
+    x, y = np.asarray(data.x_val), np.asarray(data.y_val).astype(np.int32)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"`select_fraction` must be in [0, 1). Received: {fraction!r}")
+    whole = (tf.constant(x, dtype), tf.constant(y))
+    if fraction == 0:
+        return whole, whole
+    n = len(x)
+    if n < 2:
+        raise ValueError(
+            f"`select_fraction` > 0 needs at least 2 validation examples. Received: {n}"
+        )
+    k = min(max(1, round(fraction * n)), n - 1)
+    perm = np.random.default_rng(0x5E1EC7).permutation(n)
+    sel, fit = np.sort(perm[:k]), np.sort(perm[k:])
+    return (
+        (tf.constant(x[fit], dtype), tf.constant(y[fit])),
+        (tf.constant(x[sel], dtype), tf.constant(y[sel])),
+    )

@@ -24,6 +24,15 @@ class MetaState:
         history: one record per meta-iteration.
         stop_reason: set when the loop must stop (divergence it cannot recover from).
         tuning_s: seconds spent in meta-iterations so far (over every resume).
+        started: the start has been chosen (the coarse search, if any, is done).
+        start: how the start was chosen (JSON-able: the coarse grid's points and estimates).
+        select_loss: the selection estimate of ``raw`` (None: not yet computed).
+        best_raw, best_opt_state: the iterate with the lowest selection estimate so far, and
+            the meta-optimizer state it was reached with (the loop returns it, and backtracks
+            to it when an iterate is much worse).
+        best_iteration: which iterate that is (0: the start).
+        best_select_loss: its selection estimate.
+        since_best: iterates since the estimate last improved (for the patience rule).
     """
 
     iteration: int
@@ -36,3 +45,11 @@ class MetaState:
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
     tuning_s: float = 0.0
+    started: bool = False
+    start: dict | None = None
+    select_loss: float | None = None
+    best_raw: dict[str, np.ndarray] | None = None
+    best_opt_state: Any = None
+    best_iteration: int = 0
+    best_select_loss: float = float("inf")
+    since_best: int = 0

@@ -101,7 +101,8 @@ def unrolled_hypergradient(
     gamma_t = tf.constant(_schedule(gamma, "gamma", k))
     w0 = [tf.convert_to_tensor(x, tf.float64) for x in w0]
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
-    key = None if key is None else tf.convert_to_tensor(key, tf.int64)
+    if key is not None and not isinstance(key, tf.Tensor):  # a seed; a table keeps its dtype
+        key = tf.convert_to_tensor(key, tf.int64)
     with tf.GradientTape() as tape:
         tape.watch([alpha_t, gamma_t, *w0, *theta])
         w = list(w0)

@@ -2,7 +2,7 @@
 
 - ``schedules.png``: learned learning rate and momentum decay per layer vs training step
   (initial schedule dashed).
-- ``meta_curve.png``: validation (objective), training and test loss per meta-iteration.
+- ``meta_curve.png``: objective, training loss and selection estimate per meta-iteration.
 - ``training_curves.png``: per-step minibatch training loss before vs after tuning, on the same
   held-out training seed.
 """
@@ -23,6 +23,8 @@ __all__ = ["plot_meta_curve", "plot_schedules", "plot_training_curves", "write_p
 
 def _per_layer_schedule(group: dict[str, Any], steps: int, n_layers: int) -> np.ndarray:
     """A group's natural value as ``[T, L]`` (broadcast over what it does not depend on)."""
+    if "per_step_per_layer" in group:
+        return np.asarray(group["per_step_per_layer"], np.float64)
     v = np.asarray(group["value"], np.float64)
     g = group["granularity"]
     if g == "scalar":
@@ -66,23 +68,24 @@ def plot_schedules(
 
 
 def plot_meta_curve(path: Path, history: list[dict[str, Any]]) -> Path:
-    """Validation (objective), training and test loss after training, per meta-iteration."""
+    """Objective (validation fit part), training loss and the selection estimate, per
+    meta-iteration (no test figures: they belong to the final evaluation only)."""
     ok = [h for h in history if not h.get("diverged")]
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     it = [h["iteration"] for h in ok]
     for key, label in (
-        ("val_loss", "validation loss (objective, this iteration's seed)"),
+        ("objective", "objective (validation fit part, mean over the iteration's seeds)"),
         ("train_loss", "training loss (full training set)"),
-        ("test_loss", "test loss"),
+        ("select_loss", "selection estimate (held-out part and seeds)"),
     ):
         ys = [h.get(key) for h in ok]
         if any(y is not None for y in ys):
             ax.plot(it, [np.nan if y is None else y for y in ys], marker=".", label=label)
-    val = np.array([np.nan if h.get("val_loss") is None else h["val_loss"] for h in ok])
+    val = np.array([np.nan if h.get("objective") is None else h["objective"] for h in ok])
     if len(val) >= 10:  # the objective is noisy across training seeds: show a running mean
         k = 5
         smooth = np.convolve(val, np.ones(k) / k, mode="valid")
-        ax.plot(it[k - 1 :], smooth, color="C0", lw=2.5, alpha=0.5, label="validation, mean of 5")
+        ax.plot(it[k - 1 :], smooth, color="C0", lw=2.5, alpha=0.5, label="objective, mean of 5")
     bad = [h["iteration"] for h in history if h.get("diverged")]
     for b in bad:
         ax.axvline(b, color="red", lw=0.8, ls=":")

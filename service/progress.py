@@ -23,7 +23,7 @@ from typing import Any, TextIO
 __all__ = ["ProgressDisplay", "format_duration", "format_event", "summary_lines"]
 
 # Keys of a `meta` event that may be shown, in order, with their labels.
-_SHOWN = (("val_loss", "val loss"), ("train_loss", "train loss"))
+_SHOWN = (("val_loss", "val loss"), ("train_loss", "train loss"), ("select_loss", "select"))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -50,10 +50,23 @@ def _meta_line(ev: dict[str, Any]) -> str:
         value = ev.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             parts.append(f"{label} {value:.4f}")
+    best = ev.get("best_select_loss")
+    if isinstance(best, int | float) and math.isfinite(best):
+        parts.append(f"best {best:.4f} @{ev.get('best_iteration')}")
     if ev.get("diverged"):
         parts.append("DIVERGED")
     parts.append(f"eta {format_duration(ev.get('eta_s'))}")
     return "  ".join(parts)
+
+
+def _start_line(ev: dict[str, Any]) -> str:
+    loss = ev.get("select_loss")
+    est = f"{loss:.4f}" if isinstance(loss, int | float) else "-"
+    if ev.get("kind") != "coarse":
+        return f"starting from the init values (selection estimate {est})"
+    chosen = ", ".join(f"{k} {v:.4g}" for k, v in (ev.get("chosen") or {}).items())
+    n = len(ev.get("points") or [])
+    return f"coarse start: best of {n} constant settings is {chosen} (selection estimate {est})"
 
 
 def format_event(ev: dict[str, Any]) -> str | None:
@@ -64,6 +77,8 @@ def format_event(ev: dict[str, Any]) -> str | None:
     kind = ev.get("type")
     if kind == "meta" and "meta_iteration" in ev:
         return _meta_line(ev)
+    if kind == "start":
+        return _start_line(ev)
     if kind == "step" and ev.get("phase") == "compile":
         return "compiling the training steps (not counted in the ETA)"
     if kind == "claimed":
@@ -109,6 +124,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if isinstance(e.get("test_acc_mean"), int | float):
             line += f", test acc {100 * e['test_acc_mean']:.1f}%"
         lines.append(line + f" (mean over {n} held-out training seeds)")
+    reason = (result.get("selection") or {}).get("reason")
+    if reason:
+        lines.append(f"returned: {reason}")
     return lines
 
 

@@ -65,7 +65,10 @@ class TuneResult:
         n_hyperparameters: number of tuned scalars.
         meta_iterations: meta-iterations done.
         history: one record per meta-iteration.
-        hyperparameters: ``{"initial": ..., "final": ...}`` natural values per group.
+        hyperparameters: ``{"initial", "start", "final", "last"}`` natural values per group
+            (``final``: the selected iterate, the one evaluated; ``last``: the last iterate);
+            every schedule also expanded to ``per_step_per_layer``.
+        selection: which iterate was returned and why (and how the start was chosen).
         evaluation: held-out-seed evaluation of the initial and final hyperparameters.
         training_curves: per-step training losses before and after tuning.
         timings: wall-clock split.
@@ -89,6 +92,7 @@ class TuneResult:
     device: str
     files: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``result.json`` document (strict JSON: non-finite numbers become null)."""
@@ -104,6 +108,7 @@ class TuneResult:
                 "meta_iterations": self.meta_iterations,
                 "history": self.history,
                 "hyperparameters": self.hyperparameters,
+                "selection": self.selection,
                 "evaluation": self.evaluation,
                 "training_curves": self.training_curves,
                 "timings": self.timings,

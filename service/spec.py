@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 from revhpo.nets.config import MLPConfig, NetConfig
-from revhpo.optimizers.granularity import check_granularity
+from revhpo.optimizers.granularity import DEFAULT_KNOTS, KNOT_GRANULARITIES, check_granularity
 
 __all__ = [
     "CsvDataset",
@@ -51,7 +51,15 @@ __all__ = [
     "spec_warnings",
 ]
 
-Granularity = Literal["scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"]
+Granularity = Literal[
+    "scalar",
+    "knots",
+    "per_layer_knots",
+    "per_step",
+    "per_layer",
+    "per_layer_per_step",
+    "per_weight",
+]
 
 #: Largest relative change of γ, or of 1 − γ, that rounding the momentum to an exact rational
 #: ``n/d`` (``d ≤ training.max_denominator``) may make before the spec is refused.
@@ -194,7 +202,19 @@ class HyperparameterSpec(_Model):
 
     init: float = Field(..., description="initial value in natural units")
     tune: bool = Field(False, description="tune it by hypergradient descent")
-    granularity: Granularity = Field("scalar", description="how many independent values")
+    granularity: Granularity = Field(
+        "scalar",
+        description="how many independent values: scalar; knots / per_layer_knots (a schedule "
+        "given at `knots` evenly spaced steps, linear in between; shared by the layers or one "
+        "per layer); per_step; per_layer; per_layer_per_step; per_weight (weight decay only)",
+    )
+    knots: int = Field(
+        DEFAULT_KNOTS,
+        ge=1,
+        le=10_000,
+        description="knots of a knots / per_layer_knots schedule (1: constant in time; at most "
+        "training.steps)",
+    )
 
 
 def _hp(init: float, tune: bool, granularity: str) -> Any:
@@ -204,10 +224,14 @@ def _hp(init: float, tune: bool, granularity: str) -> Any:
 
 
 class HyperparametersSpec(_Model):
-    """The four groups. Tuned in unconstrained form: log α, logit γ, log λ, log scale."""
+    """The four groups. Tuned in unconstrained form: log α, logit γ, log λ, log scale.
 
-    learning_rate: HyperparameterSpec = _hp(0.3, True, "per_layer_per_step")
-    momentum: HyperparameterSpec = _hp(0.9, True, "per_layer_per_step")
+    The default tunes a learning-rate and a momentum schedule per layer, each given at
+    ``knots`` points in time (a few values that many steps share: low-noise hypergradients).
+    """
+
+    learning_rate: HyperparameterSpec = _hp(0.3, True, "per_layer_knots")
+    momentum: HyperparameterSpec = _hp(0.9, True, "per_layer_knots")
     weight_decay: HyperparameterSpec = _hp(1e-4, False, "scalar")
     init_scale: HyperparameterSpec = _hp(1.0, False, "per_layer")
 
@@ -235,9 +259,64 @@ class HyperparametersSpec(_Model):
 class MetaSpec(_Model):
     """The outer loop: gradient descent on the unconstrained hyperparameters."""
 
-    iterations: int = Field(50, ge=0, le=100_000, description="meta-iterations")
+    iterations: int = Field(
+        20, ge=0, le=100_000, description="meta-iterations (at most; see patience)"
+    )
     optimizer: Literal["adam", "sgd"] = Field("adam", description="meta-optimizer")
-    step_size: float = Field(0.05, gt=0, le=100, description="meta step size")
+    step_size: float = Field(
+        0.1, gt=0, le=100, description="meta step size (Adam: about the change of log α per step)"
+    )
+    step_decay: Literal["none", "cosine"] = Field(
+        "cosine",
+        description="cosine: the step size falls from step_size to a tenth of it over the "
+        "meta-iterations; none: constant",
+    )
+    seeds_per_iteration: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="training seeds each hypergradient is averaged over (lower variance, "
+        "proportionally more compute)",
+    )
+    start: Literal["coarse", "init"] = Field(
+        "coarse",
+        description="coarse: first train a small grid of constant (α, γ) around the init "
+        "values (each on the selection seeds) and descend from the best; init: descend from "
+        "the init values",
+    )
+    select_fraction: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="part of the validation set kept out of the hypergradient and used only "
+        "to select the returned iterate (0: select on the whole validation set)",
+    )
+    select_seeds: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="held-out training seeds the selection estimate averages over (never "
+        "used by a hypergradient nor by the final evaluation)",
+    )
+    coarse_seeds: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="how many of the selection seeds each point of the coarse start trains on",
+    )
+    patience: int = Field(
+        8,
+        ge=0,
+        le=100_000,
+        description="stop when the selection estimate has not improved for this many "
+        "meta-iterations (0: run every iteration)",
+    )
+    backtrack_tol: float = Field(
+        0.1,
+        gt=0,
+        description="when an iterate's selection estimate is worse than the best one's by "
+        "more than this fraction, return to the best iterate and halve the meta step",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD meta-momentum (sgd only)")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam β1")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2")
@@ -312,6 +391,13 @@ class JobSpec(_Model):
             problem = momentum_rounding_problem(hp.momentum.init, training.max_denominator)
             if problem:
                 raise ValueError(problem)
+            for name in ("learning_rate", "momentum"):
+                g = getattr(hp, name)
+                if g.granularity in KNOT_GRANULARITIES and g.knots > training.steps:
+                    raise ValueError(
+                        f"{name}.knots must be at most training.steps={training.steps}. "
+                        f"Received: knots={g.knots}"
+                    )
         return hp
 
 

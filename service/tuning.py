@@ -49,7 +49,7 @@ RESULT_FILE = "result.json"
 def _groups(spec: JobSpec) -> dict[str, HyperGroup]:
     hp = spec.hyperparameters
     return {
-        name: HyperGroup(name, g.init, g.tune, g.granularity)
+        name: HyperGroup(name, g.init, g.tune, g.granularity, g.knots)
         for name, g in (
             ("learning_rate", hp.learning_rate),
             ("momentum", hp.momentum),
@@ -122,6 +122,7 @@ def build_problem(
         dtype=tf.as_dtype(spec.training.dtype),
         frac_bits=spec.training.frac_bits,
         max_denominator=spec.training.max_denominator,
+        select_fraction=spec.meta.select_fraction,
     )
     problem.dataset_summary = data.summary()  # type: ignore[attr-defined]
     return problem
@@ -144,6 +145,13 @@ def tuner_config(spec: JobSpec) -> TunerConfig:
         fresh_seed=m.fresh_seed,
         eval_seeds=m.eval_seeds,
         max_wall_time_s=spec.limits.max_wall_time_s,
+        seeds_per_iteration=m.seeds_per_iteration,
+        start=m.start,
+        select_seeds=m.select_seeds,
+        coarse_seeds=m.coarse_seeds,
+        patience=m.patience,
+        backtrack_tol=m.backtrack_tol,
+        step_decay=m.step_decay,
     )
 
 
@@ -240,8 +248,11 @@ def _result(
         history=outcome.state.history,
         hyperparameters={
             "initial": problem.hypers_of(outcome.initial_raw),
+            "start": problem.hypers_of(_start_raw(problem, outcome)),
             "final": problem.hypers_of(outcome.raw),
+            "last": problem.hypers_of(outcome.last_raw),
         },
+        selection=outcome.selection,
         evaluation=outcome.evaluation,
         training_curves=outcome.curves,
         timings={"total_s": total_s, **outcome.timings},
@@ -249,6 +260,14 @@ def _result(
         files={"result": RESULT_FILE, "checkpoint": CHECKPOINT_FILE},
         versions={"revhpo": __version__, "tensorflow": tf.__version__, "numpy": np.__version__},
     )
+
+
+def _start_raw(problem: TuningProblem, outcome: TuningOutcome) -> dict[str, np.ndarray]:
+    """The raw hyperparameters hyper-descent started from (the coarse start's choice)."""
+    start = outcome.state.start or {}
+    if start.get("kind") == "coarse":
+        return problem.param.constant_raw(start["chosen"])
+    return outcome.initial_raw
 
 
 def final_state(out_dir: Path | str, spec: JobSpec) -> MetaState:

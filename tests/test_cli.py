@@ -212,7 +212,7 @@ def test_tune_is_quiet_and_refuses_a_checkpoint_of_another_spec(tmp_path):
     # stderr is not a terminal: plain progress lines, and nothing else (no TF start-up noise)
     lines = first.stderr.strip().splitlines()
     assert lines and all(
-        ln.startswith(("meta-iteration", "evaluating", "tuning")) for ln in lines
+        ln.startswith(("coarse start", "meta-iteration", "evaluating", "tuning")) for ln in lines
     ), first.stderr
     assert any(ln.startswith("meta-iteration 1/1") and "val loss" in ln for ln in lines)
     for metric in ("test loss", "test_loss", "test acc", "test_acc"):

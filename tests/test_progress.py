@@ -136,3 +136,30 @@ def test_summary_lines_report_the_final_evaluation():
         "  final: val loss 0.3000, test loss 0.4000, test acc 90.0% (mean over 2 held-out "
         "training seeds)",
     ]
+
+
+def test_start_and_selection_lines():
+    start = {
+        "type": "start",
+        "kind": "coarse",
+        "chosen": {"learning_rate": 1.2, "momentum": 0.8},
+        "points": [{}] * 28,
+        "select_loss": 0.09012,
+    }
+    assert format_event(start) == (
+        "coarse start: best of 28 constant settings is learning_rate 1.2, momentum 0.8 "
+        "(selection estimate 0.0901)"
+    )
+    meta = {
+        "type": "meta",
+        "meta_iteration": 4,
+        "meta_iterations": 30,
+        "select_loss": 0.0855,
+        "best_select_loss": 0.0844,
+        "best_iteration": 3,
+        "test_loss": 0.01,
+    }
+    line = format_event(meta)
+    assert "select 0.0855" in line and "best 0.0844 @3" in line and "test" not in line
+    result = {"status": "completed", "selection": {"reason": "iterate 3 of 9 has the lowest"}}
+    assert summary_lines(result)[-1] == "returned: iterate 3 of 9 has the lowest"

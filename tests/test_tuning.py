@@ -243,13 +243,16 @@ def test_divergence_backtracks_then_stops():
     backtrack = Tuner(stub, TunerConfig(optimizer="adam", step_size=0.1, max_backtracks=1))
     opt = backtrack.opt
     raw = {"log_learning_rate": np.array(0.0)}
-    prev = {"log_learning_rate": np.array(-1.0)}
-    st = MetaState(1, raw, opt.init(raw), prev_raw=prev, prev_opt_state=opt.init(prev))
+    best = {"log_learning_rate": np.array(-1.0)}
+    st = MetaState(
+        1, raw, opt.init(raw), started=True, best_raw=best, best_opt_state=opt.init(best)
+    )
     st2, rec = backtrack.step(st)
     assert rec["diverged"] and rec["action"] == "backtrack"
-    assert st2.raw is prev and st2.step_scale == 0.5 and st2.stop_reason is None
-    st3, rec = backtrack.step(st2)
+    assert st2.raw is best and st2.step_scale == 0.5 and st2.stop_reason is None
+    st3, rec = backtrack.step(st2)  # diverged at the best iterate: nothing to go back to
     assert rec["action"] == "stop" and "step 2" in st3.stop_reason
+    assert "nothing to go back to" in st3.stop_reason
     stop = Tuner(stub, TunerConfig(on_divergence="stop"))
     st4, rec = stop.step(st)
     assert st4.stop_reason and "on_divergence='stop'" in st4.stop_reason
@@ -262,7 +265,9 @@ def test_initial_weights_outside_the_fixed_point_range_are_a_divergence(problem)
     good = problem.initial_raw()
     huge = {**good, "log_init_scale": np.full_like(good["log_init_scale"], math.log(1e12))}
     opt = tuner.opt
-    st = MetaState(1, huge, opt.init(huge), prev_raw=good, prev_opt_state=opt.init(good))
+    st = MetaState(
+        1, huge, opt.init(huge), started=True, best_raw=good, best_opt_state=opt.init(good)
+    )
     st2, rec = tuner.step(st)
     assert rec["diverged"] and rec["action"] == "backtrack"
     assert rec["divergence_kind"] == "fixed_point_range" and rec["divergence_step"] == 0
@@ -271,7 +276,7 @@ def test_initial_weights_outside_the_fixed_point_range_are_a_divergence(problem)
     # from the initial hyperparameters there is nothing to go back to: the loop stops
     st3, rec = tuner.step(MetaState(0, huge, opt.init(huge)))
     assert rec["action"] == "stop"
-    assert "fixed-point range" in st3.stop_reason and "initial hyperparameters" in st3.stop_reason
+    assert "fixed-point range" in st3.stop_reason and "nothing to go back to" in st3.stop_reason
 
 
 @pytest.mark.slow
@@ -325,20 +330,27 @@ def test_tune_writes_results_plots_and_events(tmp_path):
     for key in ("history", "hyperparameters", "evaluation", "training_curves", "device"):
         assert key in doc
     h0 = doc["history"][0]
-    for key in ("val_loss", "train_loss", "test_loss", "val_acc", "test_acc", "grad_norms"):
+    for key in ("val_loss", "train_loss", "val_acc", "grad_norms", "objective", "select_loss"):
         assert key in h0
+    assert not [k for k in h0 if "test" in k]  # test figures only in the final evaluation
     assert h0["certificate"]["ok"] and h0["bits_per_weight"] > 0
     assert set(h0["grad_norms"]) == {"learning_rate", "momentum", "weight_decay", "init_scale"}
-    seeds = [h["seed"] for h in doc["history"]]
-    assert len(set(seeds)) == 4  # a fresh training seed per meta-iteration
+    seeds = [s for h in doc["history"] for s in h["seeds"]]
+    assert len(set(seeds)) == 4 * 4  # fresh training seeds (4 per meta-iteration)
     assert not set(seeds) & set(doc["evaluation"]["seeds"])  # held-out seeds never tuned on
     assert len(doc["training_curves"]["final"]) == 6
-    final_lr = np.array(doc["hyperparameters"]["final"]["learning_rate"]["value"])
+    final_lr = np.array(doc["hyperparameters"]["last"]["learning_rate"]["value"])
     assert final_lr.shape == (6, 2) and not np.allclose(final_lr, 0.2)
+    sel = doc["selection"]
+    assert sel["last_iteration"] == 4 and 0 <= sel["iteration"] <= 4 and sel["reason"]
+    assert sel["start"]["kind"] == "coarse" and len(sel["start"]["points"]) == 7 * 4
+    expanded = doc["hyperparameters"]["final"]["momentum"]["per_step_per_layer"]
+    assert np.asarray(expanded).shape == (6, 2)
     for name in doc["files"]["plots"].values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     kinds = [e["type"] for e in events]
-    assert kinds.count("meta") == 4 and kinds.count("checkpoint") == 4 and kinds[-1] == "done"
+    assert kinds.count("meta") == 4 and kinds.count("checkpoint") == 5 and kinds[-1] == "done"
+    assert kinds.index("start") < kinds.index("meta")
     assert "step" in kinds
     meta = [e for e in events if e["type"] == "meta"]
     assert meta[-1]["eta_s"] == 0 and meta[0]["meta_iterations"] == 4
@@ -350,14 +362,13 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     spec = tiny_spec(meta={"iterations": 4, "eval_seeds": 1})
     full = tune(spec, tmp_path / "full")
 
-    polls = {"n": 0}
+    metas = []
 
-    def stop_after_two():
-        polls["n"] += 1
-        return polls["n"] > 2  # lets meta-iterations 0 and 1 run, cancels before 2
+    def count(event):
+        metas.extend([event] if event["type"] == "meta" else [])
 
-    with pytest.raises(Cancelled):
-        tune(spec, tmp_path / "cut", should_stop=stop_after_two)
+    with pytest.raises(Cancelled):  # lets meta-iterations 0 and 1 run, cancels before 2
+        tune(spec, tmp_path / "cut", callback=count, should_stop=lambda: len(metas) >= 2)
     assert (tmp_path / "cut" / "checkpoint.npz").exists()
     assert not (tmp_path / "cut" / "result.json").exists()
     resumed = tune(spec, tmp_path / "cut")
@@ -378,7 +389,8 @@ def test_wall_time_limit_stops(tmp_path):
     spec = tiny_spec(limits={"max_wall_time_s": 1e-6}, meta={"iterations": 5, "eval_seeds": 0})
     res = tune(spec, tmp_path)
     assert res.status == "stopped" and "max_wall_time_s" in res.stop_reason
-    assert res.meta_iterations == 1
+    assert res.meta_iterations == 0  # the coarse start already spent the time
+    assert res.selection["iteration"] == 0 and res.evaluation == {"seeds": []}
 
 
 def test_limits_and_batch_checked(tmp_path):
@@ -403,7 +415,7 @@ def test_cli_tune_runs(tmp_path, capsys):
 
 def test_default_spec_builds_the_digits_problem():
     problem = build_problem(load_spec({}))
-    assert problem.param.n_tuned() == 2 * 100 * 3  # α and γ per layer per step, 3 layers
+    assert problem.param.n_tuned() == 2 * 4 * 3  # α and γ: 4 knots per layer, 3 layers
     assert problem.net.param_layers == [0, 0, 1, 1, 2, 2]
     assert problem.dataset_summary["n_train"] == 1000
 
