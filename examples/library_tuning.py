@@ -1,5 +1,5 @@
-"""Tune an MLP's per-layer learning rates and momenta on scikit-learn's digits with the
-library alone (no spec file, no service):
+"""Tune an MLP's per-layer learning-rate and momentum schedules on scikit-learn's digits with
+the library alone (no spec file, no service):
 
     python examples/library_tuning.py --iterations 10
 """
@@ -31,22 +31,28 @@ def main(iterations: int, steps: int) -> dict:
     data = ArraySplits(x[train], y[train], x[val], y[val], x[test], y[test])
 
     net = build_net({"family": "mlp", "sizes": [50, 50]}, input_dim=64, output_dim=10)
-    groups = {
-        "learning_rate": HyperGroup("learning_rate", 0.3, tuned=True, granularity="per_layer"),
-        "momentum": HyperGroup("momentum", 0.9, tuned=True, granularity="per_layer"),
+    groups = {  # a learning-rate and a momentum schedule per layer, 4 knots each
+        "learning_rate": HyperGroup("learning_rate", 0.3, True, "per_layer_knots", knots=4),
+        "momentum": HyperGroup("momentum", 0.9, True, "per_layer_knots", knots=4),
     }
-    problem = TuningProblem(
-        net, data, Parametrization(groups, Layout.for_net(net, steps)), batch_size=50
+    problem = TuningProblem(  # half the validation set only selects the returned iterate
+        net,
+        data,
+        Parametrization(groups, Layout.for_net(net, steps)),
+        batch_size=50,
+        select_fraction=0.5,
     )
 
     def show(event: dict) -> None:
         if event["type"] == "meta":
-            print(f"meta-iteration {event['meta_iteration']}: val loss {event['val_loss']:.4f}")
+            print(f"meta-iteration {event['meta_iteration']}: select {event['select_loss']:.4f}")
 
-    outcome = Tuner(problem, TunerConfig(iterations=iterations, step_size=0.1), callback=show).run()
-    tuned = problem.hypers_of(outcome.raw)
-    print("learning rate per layer:", np.round(tuned["learning_rate"]["value"], 3))
-    print("momentum per layer:     ", np.round(tuned["momentum"]["value"], 3))
+    # the defaults: coarse start, 4 seeds per hypergradient, selection on held-out seeds
+    outcome = Tuner(problem, TunerConfig(iterations=iterations), callback=show).run()
+    tuned = problem.hypers_of(outcome.raw)  # the selected iterate
+    print("returned:", outcome.selection["reason"])
+    print("learning rate per layer, at 4 knots:", np.round(tuned["learning_rate"]["value"], 3))
+    print("momentum per layer, at 4 knots:     ", np.round(tuned["momentum"]["value"], 3))
     before, after = outcome.evaluation["initial"], outcome.evaluation["final"]
     print(
         f"held-out seeds: val loss {before['val_loss_mean']:.4f} -> {after['val_loss_mean']:.4f}; "

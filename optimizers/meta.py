@@ -22,7 +22,9 @@ __all__ = [
     "clip_by_global_norm",
     "global_norm",
     "make_meta_optimizer",
+    "noise_normalized",
     "sgd",
+    "snr",
     "state_from_arrays",
     "state_to_arrays",
 ]
@@ -103,14 +105,58 @@ def sgd(step_size: float, momentum: float = 0.0) -> MetaOptimizer:
     return MetaOptimizer("sgd", init, update)
 
 
+def noise_normalized(
+    per_seed: list[Mapping[str, np.ndarray]], z: float = 2.0
+) -> tuple[Params, float]:
+    """Per coordinate, the seed-averaged gradient divided by ``max(|mean|, z · its standard
+    error)``: ±1 where the gradient is clearly nonzero across the seeds, proportionally less
+    where it is within noise (with one seed, the sign). Returns ``(direction, share)`` with
+    ``share`` the fraction of coordinates whose mean exceeds ``z`` standard errors.
+    """
+    n = len(per_seed)
+    out: Params = {}
+    strong = total = 0
+    for k in per_seed[0]:
+        g = np.stack([np.asarray(p[k], np.float64) for p in per_seed])
+        mean = g.mean(axis=0)
+        se = g.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+        denom = np.maximum(np.abs(mean), z * se)
+        out[k] = np.divide(mean, denom, out=np.zeros_like(mean), where=denom > 0)
+        strong += int(np.sum(np.abs(mean) > z * se))
+        total += mean.size
+    return out, strong / max(total, 1)
+
+
+def snr(step_size: float) -> MetaOptimizer:
+    """A normalised step on a noise-normalised direction (see :func:`noise_normalized`):
+    ``update = −step_size · scale · direction``, each coordinate moving by at most the step
+    size, and by less the noisier its hypergradient is across the iteration's seeds."""
+    if not step_size > 0:
+        raise ValueError(f"`step_size` must be > 0. Received: step_size={step_size!r}")
+
+    def init(params: Mapping[str, np.ndarray]) -> SgdState:
+        return SgdState(0, _zeros(params))
+
+    def update(
+        direction: Mapping[str, np.ndarray], state: SgdState, scale: float = 1.0
+    ) -> tuple[Params, SgdState]:
+        lr = step_size * scale
+        step = {k: -lr * np.asarray(v, np.float64) for k, v in direction.items()}
+        return step, SgdState(state.count + 1, dict(step))
+
+    return MetaOptimizer("snr", init, update)
+
+
 def make_meta_optimizer(
     name: str, step_size: float, *, momentum: float = 0.9, b1: float = 0.9, b2: float = 0.999
 ) -> MetaOptimizer:
-    """``adam`` or ``sgd`` by name."""
+    """``adam``, ``sgd`` or ``snr`` by name."""
     if name == "adam":
         return adam(step_size, b1, b2)
     if name == "sgd":
         return sgd(step_size, momentum)
+    if name == "snr":
+        return snr(step_size)
     raise ValueError(f"unknown meta-optimizer. Received: name={name!r}")
 
 

@@ -46,6 +46,7 @@ from revhpo.optimizers.meta import (
     clip_by_global_norm,
     global_norm,
     make_meta_optimizer,
+    noise_normalized,
 )
 from revhpo.optimizers.problem import (
     EVAL_SEED_OFFSET,
@@ -78,6 +79,9 @@ EVENT_KEYS = (
 )
 #: The coarse start's learning rates, as multiples of the init value.
 COARSE_LEARNING_RATE_FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: How many of the coarse grid's best points (on ``coarse_seeds`` seeds) are then compared on
+#: every selection seed; the best of them is the start.
+COARSE_FINALISTS = 4
 #: The coarse start's momentum decays, as multiples of the init value's ``1 − γ``.
 COARSE_ONE_MINUS_MOMENTUM_FACTORS = (5.0, 2.0, 1.0, 0.5)
 #: ``divergence_kind`` of a record whose weights left the fixed-point range before training
@@ -118,7 +122,7 @@ class TunerConfig:
     """
 
     iterations: int = 20
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd", "snr"] = "adam"
     step_size: float = 0.05
     momentum: float = 0.9
     beta1: float = 0.9
@@ -132,7 +136,7 @@ class TunerConfig:
     max_wall_time_s: float | None = None
     seeds_per_iteration: int = 4
     start: Literal["coarse", "init"] = "coarse"
-    select_seeds: int = 10
+    select_seeds: int = 20
     coarse_seeds: int = 3
     patience: int = 8
     backtrack_tol: float = 0.1
@@ -266,8 +270,8 @@ class Tuner:
         """Pick where hyper-descent starts and compute its selection estimate.
 
         With ``start="coarse"`` every point of :func:`coarse_points` is trained plainly on the
-        first ``coarse_seeds`` selection seeds and the best becomes the start (ties: the
-        earlier point); its estimate is then taken on all the selection seeds. With
+        first ``coarse_seeds`` selection seeds; the :data:`COARSE_FINALISTS` best are then
+        estimated on every selection seed, and the best of those is the start. With
         ``"init"``, or when neither α nor γ is tuned, the init values are the start.
         """
         cfg, seeds = self.config, self.config.select_seed_list()
@@ -280,10 +284,23 @@ class Tuner:
                     raise Cancelled("cancelled during the coarse start")
                 loss = self.problem.selection_loss(self.problem.param.constant_raw(p), few)
                 rows.append({**p, "select_loss": loss})
-            best = min(range(len(rows)), key=lambda j: rows[j]["select_loss"])
+            # race: the best few on every selection seed, the start is the best of those
+            ranked = sorted(range(len(rows)), key=lambda j: rows[j]["select_loss"])
+            finals = []
+            for j in ranked[:COARSE_FINALISTS]:
+                if self._stop():
+                    raise Cancelled("cancelled during the coarse start")
+                raw_j = self.problem.param.constant_raw(points[j])
+                finals.append((self.problem.selection_loss(raw_j, seeds), j))
+            loss, best = min(finals)
             raw = self.problem.param.constant_raw(points[best])
-            loss = self.problem.selection_loss(raw, seeds)
-            start = {"kind": "coarse", "chosen": points[best], "seeds": few, "points": rows}
+            start = {
+                "kind": "coarse",
+                "chosen": points[best],
+                "seeds": few,
+                "points": rows,
+                "finalists": [{**points[j], "select_loss": v} for v, j in finals],
+            }
         else:
             raw = state.raw
             loss = self.problem.selection_loss(raw, seeds)
@@ -347,6 +364,8 @@ class Tuner:
             grad_norm=norm,
             clipped=bool(cfg.clip_norm is not None and norm > cfg.clip_norm),
         )
+        if self.opt.name == "snr":  # the direction, from the seeds' spread (clipping is moot)
+            clipped, rec["significant_share"] = noise_normalized([ev.grads for ev in evs])
         scale = state.step_scale * cfg.step_factor(state.iteration)
         rec["step_scale"] = scale
         t1 = time.perf_counter()

@@ -262,7 +262,12 @@ class MetaSpec(_Model):
     iterations: int = Field(
         20, ge=0, le=100_000, description="meta-iterations (at most; see patience)"
     )
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="meta-optimizer")
+    optimizer: Literal["adam", "sgd", "snr"] = Field(
+        "adam",
+        description="meta-optimizer on the raw values: adam; sgd (heavy-ball); snr (each value "
+        "moves by at most step_size, less the noisier its hypergradient is across the "
+        "iteration's seeds)",
+    )
     step_size: float = Field(
         0.1, gt=0, le=100, description="meta step size (Adam: about the change of log α per step)"
     )
@@ -281,8 +286,8 @@ class MetaSpec(_Model):
     start: Literal["coarse", "init"] = Field(
         "coarse",
         description="coarse: first train a small grid of constant (α, γ) around the init "
-        "values (each on the selection seeds) and descend from the best; init: descend from "
-        "the init values",
+        "values (each on coarse_seeds selection seeds, the best 4 then on all of them) and "
+        "descend from the best; init: descend from the init values",
     )
     select_fraction: float = Field(
         0.5,
@@ -292,7 +297,7 @@ class MetaSpec(_Model):
         "to select the returned iterate (0: select on the whole validation set)",
     )
     select_seeds: int = Field(
-        10,
+        20,
         ge=1,
         le=100,
         description="held-out training seeds the selection estimate averages over (never "

@@ -235,7 +235,11 @@ def test_coarse_start_picks_the_best_constant_point(problem):
     assert start["kind"] == "coarse" and len(start["points"]) == 28
     assert start["chosen"]["learning_rate"] == pytest.approx(0.8)
     assert start["chosen"]["momentum"] == pytest.approx(0.6)
-    assert all(len(c[0]) == 1 for c in sel.calls[:-1]) and len(sel.calls[-1][0]) == 2
+    assert [len(c[0]) for c in sel.calls] == [1] * 28 + [2] * 4  # then a race of the best 4
+    finalists = start["finalists"]
+    assert len(finalists) == 4 and finalists[0]["select_loss"] == min(
+        f["select_loss"] for f in finalists
+    )
     np.testing.assert_allclose(out.raw["log_learning_rate"], target)
     assert out.raw["log_weight_decay"] == pytest.approx(problem.initial_raw()["log_weight_decay"])
 
@@ -311,3 +315,34 @@ def test_select_fraction_splits_the_validation_set():
     assert build_problem(spec)._select[0].numpy().tolist() == sel[0].numpy().tolist()
     whole = build_problem(tiny_spec(meta={"select_fraction": 0.0}))
     assert len(whole._fit[1]) == len(whole._select[1]) == 30
+
+
+def test_noise_normalized_direction_and_snr_steps():
+    from revhpo.optimizers.meta import make_meta_optimizer, noise_normalized
+
+    # coordinate 0: the same sign on every seed (clear); 1: mean within noise; 2: all zero
+    per_seed = [
+        {"a": np.array([1.0, 1.0, 0.0])},
+        {"a": np.array([1.2, -1.0, 0.0])},
+        {"a": np.array([0.8, 1.2, 0.0])},
+        {"a": np.array([1.0, -1.0, 0.0])},
+    ]
+    d, share = noise_normalized(per_seed, z=2.0)
+    g = np.stack([p["a"] for p in per_seed])
+    se = g.std(axis=0, ddof=1) / 2
+    assert d["a"][0] == 1.0 and share == pytest.approx(1 / 3)
+    assert d["a"][1] == pytest.approx(g[:, 1].mean() / (2 * se[1])) and abs(d["a"][1]) < 0.1
+    assert d["a"][2] == 0.0
+    one, _ = noise_normalized(per_seed[1:2])
+    np.testing.assert_array_equal(one["a"], [1.0, -1.0, 0.0])  # one seed: the sign
+    opt = make_meta_optimizer("snr", 0.1)
+    updates, state = opt.update(d, opt.init({"a": np.zeros(3)}), 0.5)
+    np.testing.assert_allclose(updates["a"], -0.05 * d["a"])
+    assert state.count == 1
+
+
+def test_snr_tuner_records_the_significant_share(problem):
+    with Scripted(problem, of_raw=lambda raw: 1.0):
+        out = Tuner(problem, config(iterations=1, optimizer="snr", seeds_per_iteration=2)).run()
+    rec = out.state.history[0]
+    assert 0 <= rec["significant_share"] <= 1 and rec["update_norm"] > 0
