@@ -414,7 +414,7 @@ def evaluate(problem: Any, raw: Mapping[str, Any], seeds: Sequence[int], scorer:
     """Train with ``problem`` and ``raw`` on each seed; ``scorer.metrics`` scores the weights
     (one scorer per problem: every method on the same validation and test sets)."""
     errors = _divergence_errors()
-    per_seed = []
+    per_seed, per_example = [], []
     for s in seeds:
         row: dict[str, Any] = {"seed": int(s)}
         try:
@@ -422,11 +422,15 @@ def evaluate(problem: Any, raw: Mapping[str, Any], seeds: Sequence[int], scorer:
             m = scorer.metrics(w)
             row.update({k: float(m[k]) for k in ("val_loss", "test_loss", "val_acc", "test_acc")})
             row["diverged"] = not all(math.isfinite(v) for v in row.values())
+            if not row["diverged"]:
+                per_example.append(test_losses(scorer, w, row["test_loss"]))
         except errors as exc:
             row.update(diverged=True, error=" ".join(str(exc).split())[:200])
         per_seed.append(row)
     ok = [r for r in per_seed if not r["diverged"]]
     out: dict[str, Any] = {"n": len(per_seed), "diverged": len(per_seed) - len(ok)}
+    # each test example's loss, averaged over the seeds (the test set's own sampling noise)
+    out["test_loss_per_example"] = np.mean(per_example, axis=0).tolist() if per_example else []
     for key in ("val_loss", "test_loss", "val_acc", "test_acc"):
         a = np.array([r[key] for r in ok], np.float64)
         out[key] = float(a.mean()) if len(a) else math.nan
@@ -435,8 +439,32 @@ def evaluate(problem: Any, raw: Mapping[str, Any], seeds: Sequence[int], scorer:
     return out
 
 
+def test_losses(scorer: Any, w: Sequence[Any], mean: float) -> np.ndarray:
+    """Per-example softmax cross-entropy of weights ``w`` on the scorer's test set (their mean
+    is checked against the scorer's own test loss)."""
+    import tensorflow as tf
+
+    x, y = scorer._splits["test"]
+    logits = scorer.net.apply([tf.cast(p, scorer.dtype) for p in w], x)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits).numpy()
+    if not math.isclose(float(loss.mean()), mean, rel_tol=1e-6, abs_tol=1e-12):
+        raise AssertionError(f"per-example test losses average {loss.mean()}, not {mean}")
+    return loss.astype(np.float64)
+
+
+def example_se(a: dict, b: dict) -> float:
+    """Standard error of the ``a − b`` test-loss difference from the test set's finite size:
+    over test examples, of each example's seed-averaged loss difference."""
+    pa, pb = np.asarray(a["test_loss_per_example"]), np.asarray(b["test_loss_per_example"])
+    if len(pa) < 2 or len(pa) != len(pb):
+        return math.nan
+    return float(np.std(pa - pb, ddof=1) / math.sqrt(len(pa)))
+
+
 def paired_diff(a: dict, b: dict) -> dict[str, float]:
-    """Mean and standard error of ``a − b`` test loss over the seeds where neither diverged."""
+    """Mean and standard error of ``a − b`` test loss over the seeds where neither diverged;
+    ``se_examples``: the difference's standard error over test examples (see
+    :func:`example_se`), reported alongside; the verdicts use ``se`` (over seeds)."""
     tb = {r["seed"]: r["test_loss"] for r in b["per_seed"] if not r["diverged"]}
     d = np.array(
         [
@@ -449,6 +477,7 @@ def paired_diff(a: dict, b: dict) -> dict[str, float]:
         "mean": float(d.mean()) if len(d) else math.nan,
         "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
         "n": len(d),
+        "se_examples": example_se(a, b),
     }
 
 
@@ -582,6 +611,7 @@ def table_rows(result: Mapping[str, Any]) -> list[list[str]]:
                 f"{_f(100 * e['test_acc'], '.2f')} %",
                 f"{e['diverged']}/{e['n']}",
                 "0 (itself)" if m == comp["best_baseline"] else _pm(d["mean"], d["se"], "+.4f"),
+                "–" if m == comp["best_baseline"] else _f(d.get("se_examples", math.nan)),
             ]
         )
     return rows
@@ -597,6 +627,7 @@ HEADER = (
     "test acc",
     "diverged",
     "Δ test vs best baseline ± SE",
+    "SE of Δ over test examples",
 )
 
 
@@ -684,8 +715,12 @@ def render_section(report: Mapping[str, Any]) -> str:
         f"every method's hyperparameters are trained on {report['n_eval_seeds']} held-out "
         "training seeds that no tuner saw and scored on the test set: mean ± standard error; "
         "Δ is the test-loss difference to the best baseline paired by seed. revhpo is *no "
-        "worse* when Δ ≤ 2 paired SE, *strictly better* when Δ < −2 SE. The protocol is in "
-        "the docstring of `benchmarks/bench_tuning.py`; all figures (per seed) in its `--json`.",
+        "worse* when Δ ≤ 2 paired SE, *strictly better* when Δ < −2 SE. That SE counts the "
+        "training seeds' noise only; every method is scored on the same test set, whose finite "
+        "size (a few hundred examples) adds its own: the last column is the standard error of Δ "
+        "over test examples (each example's loss averaged over the seeds), a guide to how much "
+        "of Δ another test set of the same size could undo. The protocol is in the docstring "
+        "of `benchmarks/bench_tuning.py`; all figures (per seed) in its `--json`.",
         "",
     ]
     changed = []

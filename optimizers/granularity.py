@@ -6,7 +6,15 @@ here. TensorFlow-free, so the API can validate specs without importing TensorFlo
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_KNOTS", "GRANULARITIES", "GROUPS", "KNOT_GRANULARITIES", "check_granularity"]
+__all__ = [
+    "ALL_GRANULARITIES",
+    "DEFAULT_KNOTS",
+    "GRANULARITIES",
+    "GROUPS",
+    "KNOT_GRANULARITIES",
+    "SCHEDULE_GRANULARITIES",
+    "check_granularity",
+]
 
 #: Schedules given by their values at K knots in time, linear in between (shared by the layers,
 #: or one schedule per layer). Their hypergradients follow by the chain rule.
@@ -22,24 +30,22 @@ GROUPS: dict[str, tuple[str, str]] = {
     "init_scale": ("log", "log_init_scale"),
 }
 
+#: Granularities of a schedule (learning rate, momentum), coarsest first.
+SCHEDULE_GRANULARITIES = (
+    "scalar",
+    "knots",
+    "per_layer_knots",
+    "per_step",
+    "per_layer",
+    "per_layer_per_step",
+)
+#: Every granularity some group accepts (the job spec's vocabulary).
+ALL_GRANULARITIES = (*SCHEDULE_GRANULARITIES, "per_weight")
+
 #: group → the granularities it accepts (the first is the coarsest)
 GRANULARITIES: dict[str, tuple[str, ...]] = {
-    "learning_rate": (
-        "scalar",
-        "knots",
-        "per_layer_knots",
-        "per_step",
-        "per_layer",
-        "per_layer_per_step",
-    ),
-    "momentum": (
-        "scalar",
-        "knots",
-        "per_layer_knots",
-        "per_step",
-        "per_layer",
-        "per_layer_per_step",
-    ),
+    "learning_rate": SCHEDULE_GRANULARITIES,
+    "momentum": SCHEDULE_GRANULARITIES,
     "weight_decay": ("scalar", "per_step", "per_layer", "per_layer_per_step", "per_weight"),
     "init_scale": ("scalar", "per_layer"),
 }

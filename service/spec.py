@@ -25,7 +25,12 @@ from pydantic import (
     field_validator,
 )
 from revhpo.nets.config import MLPConfig, NetConfig
-from revhpo.optimizers.granularity import DEFAULT_KNOTS, KNOT_GRANULARITIES, check_granularity
+from revhpo.optimizers.granularity import (
+    ALL_GRANULARITIES,
+    DEFAULT_KNOTS,
+    KNOT_GRANULARITIES,
+    check_granularity,
+)
 
 __all__ = [
     "CsvDataset",
@@ -51,15 +56,7 @@ __all__ = [
     "spec_warnings",
 ]
 
-Granularity = Literal[
-    "scalar",
-    "knots",
-    "per_layer_knots",
-    "per_step",
-    "per_layer",
-    "per_layer_per_step",
-    "per_weight",
-]
+Granularity = Literal[ALL_GRANULARITIES]  # type: ignore[valid-type]  # the table's words
 
 #: Largest relative change of γ, or of 1 − γ, that rounding the momentum to an exact rational
 #: ``n/d`` (``d ≤ training.max_denominator``) may make before the spec is refused.

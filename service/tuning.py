@@ -9,6 +9,7 @@ checkpoint after every meta-iteration, then writes ``result.json`` and the plots
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -129,29 +130,14 @@ def build_problem(
 
 
 def tuner_config(spec: JobSpec) -> TunerConfig:
-    """The library's loop settings for a spec (its ``meta`` section, seed and wall time)."""
-    m = spec.meta
+    """The library's loop settings for a spec: every field of its ``meta`` section that the
+    :class:`TunerConfig` has (the same names), plus the base seed and the wall-time limit."""
+    meta = spec.meta.model_dump()
+    shared = {f.name for f in dataclasses.fields(TunerConfig)} & set(meta)
     return TunerConfig(
-        iterations=m.iterations,
-        optimizer=m.optimizer,
-        step_size=m.step_size,
-        momentum=m.momentum,
-        beta1=m.beta1,
-        beta2=m.beta2,
-        clip_norm=m.clip_norm,
-        on_divergence=m.on_divergence,
-        max_backtracks=m.max_backtracks,
+        **{k: meta[k] for k in shared},
         seed=spec.training.seed,
-        fresh_seed=m.fresh_seed,
-        eval_seeds=m.eval_seeds,
         max_wall_time_s=spec.limits.max_wall_time_s,
-        seeds_per_iteration=m.seeds_per_iteration,
-        start=m.start,
-        select_seeds=m.select_seeds,
-        coarse_seeds=m.coarse_seeds,
-        patience=m.patience,
-        backtrack_tol=m.backtrack_tol,
-        step_decay=m.step_decay,
     )
 
 
