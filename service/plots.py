@@ -67,9 +67,10 @@ def plot_schedules(
     return Path(path)
 
 
-def plot_meta_curve(path: Path, history: list[dict[str, Any]]) -> Path:
+def plot_meta_curve(path: Path, history: list[dict[str, Any]], selected: int | None = None) -> Path:
     """Objective (validation fit part), training loss and the selection estimate, per
-    meta-iteration (no test figures: they belong to the final evaluation only)."""
+    meta-iteration (no test figures: they belong to the final evaluation only); ``selected``:
+    the returned iterate, marked."""
     ok = [h for h in history if not h.get("diverged")]
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     it = [h["iteration"] for h in ok]
@@ -86,6 +87,8 @@ def plot_meta_curve(path: Path, history: list[dict[str, Any]]) -> Path:
         k = 5
         smooth = np.convolve(val, np.ones(k) / k, mode="valid")
         ax.plot(it[k - 1 :], smooth, color="C0", lw=2.5, alpha=0.5, label="objective, mean of 5")
+    if selected is not None:
+        ax.axvline(selected, color="C2", lw=1.2, ls="--", label=f"returned: iterate {selected}")
     bad = [h["iteration"] for h in history if h.get("diverged")]
     for b in bad:
         ax.axvline(b, color="red", lw=0.8, ls=":")
@@ -130,7 +133,10 @@ def write_plots(out_dir: Path, result: dict[str, Any]) -> dict[str, str]:
     files["schedules"] = plot_schedules(
         out_dir / "schedules.png", hp["initial"], hp["final"], steps, result["net"]["layer_names"]
     ).name
-    files["meta_curve"] = plot_meta_curve(out_dir / "meta_curve.png", result["history"]).name
+    selected = (result.get("selection") or {}).get("iteration")
+    files["meta_curve"] = plot_meta_curve(
+        out_dir / "meta_curve.png", result["history"], selected
+    ).name
     if result.get("training_curves", {}).get("initial"):
         files["training_curves"] = plot_training_curves(
             out_dir / "training_curves.png", result["training_curves"]
