@@ -24,7 +24,7 @@ __all__ = ["EPILOG", "HelpFormatter", "build_parser", "main"]
 # Modules that each expose `register(subparsers) -> None`; a subcommand's handler is stored
 # as `func` on its parser and called with the parsed namespace; it returns an exit status.
 _COMMAND_MODULES = (
-    "revhpo.service.cli_local",  # tune
+    "revhpo.service.cli_local",  # tune, export
     "revhpo.service.cli_numerics",  # verify, bench
     "revhpo.service.cli_client",  # serve, worker, submit, status, result, cancel, jobs, keys, demo
 )

@@ -1,4 +1,5 @@
-"""``revhpo tune SPEC --out DIR``: run a tuning job locally with a progress display."""
+"""``revhpo tune SPEC --out DIR``: run a tuning job locally with a progress display;
+``revhpo export RUN``: its tuned schedules in json, csv or npz."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run_tune"]
+__all__ = ["register", "run_export", "run_tune"]
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -47,6 +48,35 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run_tune)
+
+    e = subparsers.add_parser(
+        "export",
+        help="export a run's tuned schedules (json, keras, csv, npz)",
+        description="Write the tuned learning rates, momentum decays, weight decays and init "
+        "scales of a finished run with named axes (step, layer) and the training convention "
+        "they were tuned under. RUN is a run directory (revhpo tune --out) or a result.json "
+        "(e.g. saved from `revhpo result JOB_ID`). The keras format is the JSON that "
+        "revhpo.keras.ScheduledMomentum reads.",
+    )
+    e.add_argument("run", help="run directory or result.json")
+    e.add_argument(
+        "--format",
+        "-f",
+        choices=("json", "keras", "csv", "npz"),
+        default="json",
+        help="output format; default: json",
+    )
+    e.add_argument(
+        "--which",
+        choices=("final", "last", "start", "initial"),
+        default="final",
+        help="which hyperparameters: final (the returned iterate), last, start or initial; "
+        "default: final",
+    )
+    e.add_argument(
+        "--out", "-o", default=None, help="output file; default: standard output (not npz)"
+    )
+    e.set_defaults(func=run_export)
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -160,3 +190,26 @@ def _close(progress: Any) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Handler of ``revhpo export``; returns the exit status (TensorFlow is not imported)."""
+    from revhpo.export import ExportError, load_schedules
+
+    try:
+        schedules = load_schedules(args.run, which=args.which)
+    except ExportError as exc:
+        print(f"revhpo export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    fmt = args.format
+    if args.out:
+        path = schedules.write(args.out, fmt)
+        print(f"wrote {path}", file=sys.stderr)
+    elif fmt == "npz":
+        print("revhpo export: --format npz needs --out FILE", file=sys.stderr)
+        return EXIT_USAGE
+    elif fmt == "csv":
+        sys.stdout.write(schedules.to_csv())
+    else:
+        sys.stdout.write(json.dumps(schedules.to_dict(), indent=1) + "\n")
+    return EXIT_OK

@@ -227,6 +227,7 @@ def _result(
             "num_params": net.num_params,
             "param_names": list(net.param_names),
             "param_layers": list(net.param_layers),
+            "param_shapes": [list(map(int, sh)) for sh in net.param_shapes],
             "layer_names": list(net.layer_names),
         },
         n_hyperparameters=problem.param.n_tuned(),
