@@ -544,6 +544,7 @@ class Tuner:
             "best_iteration": state.best_iteration,
             "best_select_loss": state.best_select_loss,
             "eta_s": clock.eta(self.config.iterations - state.iteration),
+            "duration_s": dt,
         }
         if len(clock.durations) == 1:
             event["first_iteration_s"] = dt  # includes tracing and compilation
