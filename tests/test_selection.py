@@ -281,6 +281,8 @@ def test_progress_never_shows_test_figures(problem):
     for rec in out.state.history:
         assert not [k for k in rec if "test" in k], rec
     assert "test_loss_mean" in out.evaluation["final"]  # only the final report has them
+    metas = [e for e in events if e["type"] == "meta"]
+    assert len(metas) == 2 and all(e["duration_s"] > 0 for e in metas)
 
 
 def test_checkpoint_keeps_the_best_iterate(problem):
