@@ -16,8 +16,28 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi.responses import FileResponse
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Files a browser may show inline: types that can carry no script. Anything else a worker
+# uploads (HTML, SVG, PDF, unknown) is served as an opaque download, never rendered.
+INLINE_MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+}
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 class TooLarge(Exception):
@@ -29,6 +49,31 @@ def safe_name(name: str) -> str:
     if not _SAFE.match(name) or ".." in name:
         raise ValueError(f"`name` must match {_SAFE.pattern} without '..'. Received: name={name!r}")
     return name
+
+
+def attempt_dir(token: str) -> str:
+    """The directory of one attempt's files (named by its lease token's first 16 characters)."""
+    return f"a-{safe_name(token)[:16]}"
+
+
+def file_response(path: Path, name: str) -> FileResponse:
+    """Serve a stored file so that no browser runs it.
+
+    Known-safe types (`INLINE_MEDIA_TYPES`: images, JSON, plain text, CSV) go out with their
+    type, inline; every other file as `application/octet-stream` with `Content-Disposition:
+    attachment`. Always `X-Content-Type-Options: nosniff` and a sandboxing
+    `Content-Security-Policy`.
+    """
+    from fastapi.responses import FileResponse
+
+    media = INLINE_MEDIA_TYPES.get(Path(name).suffix.lower())
+    return FileResponse(
+        path,
+        media_type=media or "application/octet-stream",
+        filename=name,
+        content_disposition_type="inline" if media else "attachment",
+        headers=DOWNLOAD_HEADERS,
+    )
 
 
 class ArtifactStore:
@@ -77,6 +122,15 @@ class ArtifactStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return size, h.hexdigest()
+
+    def prune_attempts(self, job_id: str, keep: set[str]) -> None:
+        """Delete the job's attempt directories not named in `keep` (files of dead attempts)."""
+        root = self.root / "jobs" / safe_name(job_id)
+        if not root.is_dir():
+            return
+        for d in root.iterdir():
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
 
     def copy_in(self, src: Path, dest: Path) -> None:
         """Copy a spooled upload into place atomically."""

@@ -21,11 +21,16 @@ from sqlalchemy import Engine, select
 
 KEY_PREFIX = "rhp_"
 ANONYMOUS_OWNER = "local"
+"""The owner an anonymous caller of a loopback-bound server acts as (a user, never a worker)."""
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the owner of their jobs and datasets, and whether they may run jobs."""
+    """Who is calling: the owner of their jobs and datasets, and whether they may run jobs.
+
+    Only a worker key (`revhpo keys create --worker`) gives `is_worker`; an anonymous caller
+    (`anonymous=True`, owner `local`) never has it.
+    """
 
     owner: str
     is_worker: bool

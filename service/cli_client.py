@@ -256,6 +256,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 return EXIT_OK
 
 
+class _NoDatabase(Exception):
+    """`revhpo keys` was pointed at a database the API never created."""
+
+
+def _keys_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """One line on stderr (and exit status 2) when the key database is missing or unreachable."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        from revhpo.service.db import StorageError
+
+        try:
+            return func(args)
+        except _NoDatabase as exc:
+            print(f"revhpo keys {args.keys_command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except StorageError as exc:
+            print(f"revhpo keys {args.keys_command}: database error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return wrapper
+
+
+@_keys_command
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """`revhpo keys create --owner NAME [--worker]`: prints the new key (shown once)."""
     from revhpo.service.auth import create_key
@@ -270,15 +294,30 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _key_engine(args: argparse.Namespace):  # noqa: ANN202
-    from revhpo.service.db import get_engine, migrate
+    """The engine of the API's database; never creates a database (a key written into a new
+    one, e.g. an SQLite file under the wrong directory, would be refused by the API with 401).
+
+    Raises:
+        _NoDatabase: there is no revhpo database at the resolved URL.
+    """
+    from revhpo.service.db import get_engine, has_schema, migrate, sqlite_path
     from revhpo.service.settings import Settings
 
     settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
     url = settings.resolved_database_url
-    migrate(url)
+    if not has_schema(url):
+        path = sqlite_path(url)
+        where = f"SQLite file {path}" if path else url.split("@")[-1]
+        raise _NoDatabase(
+            f"no revhpo database at {where} (nothing was created). Run this where the API "
+            "runs, or name its database with --database-url or $REVHPO_DATABASE_URL "
+            "(SQLite: $REVHPO_HOME/revhpo.db); `revhpo serve` creates the database."
+        )
+    migrate(url)  # an older schema of the same database is brought up to date
     return get_engine(url)
 
 
+@_keys_command
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """`revhpo keys list`: prefix, owner, kind and state of every key (never a secret)."""
     import datetime as dt
@@ -299,6 +338,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_keys_command
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """`revhpo keys revoke KEY_OR_PREFIX`: the key stops working (within 10 s everywhere)."""
     from revhpo.service.auth import revoke_key
@@ -367,11 +407,40 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
+LOCAL_WORKER_OWNER = "local-worker"
+LOCAL_WORKER_KEY_FILE = "local-worker.key"
+
+
+def local_worker_key(engine: Any, home: Path) -> str:
+    """The worker key of `revhpo serve`'s local workers, reused across restarts.
+
+    Kept in `HOME/local-worker.key` (mode 0600). A new key is made only when that file is
+    missing or its key no longer authenticates as a worker key (revoked, or another database),
+    so restarts do not pile up unrevoked keys. Revoke it with `revhpo keys revoke`; the next
+    start makes a new one.
+    """
+    from revhpo.service.auth import authenticate, create_key
+
+    path = Path(home) / LOCAL_WORKER_KEY_FILE
+    if path.is_file():
+        key = path.read_text(encoding="utf-8").strip()
+        principal = authenticate(engine, key)
+        if principal is not None and principal.is_worker:
+            return key
+    key = create_key(engine, LOCAL_WORKER_OWNER, is_worker=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    os.replace(tmp, path)
+    return key
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`revhpo serve`: migrate, serve the API; with SQLite also run local worker(s)."""
     import uvicorn
     from revhpo.service.api.app import create_app
-    from revhpo.service.auth import create_key
     from revhpo.service.db import get_engine, migrate
 
     settings = _settings_from(args)
@@ -385,8 +454,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.host in ("0.0.0.0", "::")
         else (f"http://{settings.host}:{settings.port}")
     )
-    if n_workers and not settings.anonymous_enabled:
-        env["REVHPO_TOKEN"] = create_key(get_engine(url), "local-worker", is_worker=True)
+    if n_workers:  # anonymous callers never have worker rights: the local workers get a key
+        env["REVHPO_TOKEN"] = local_worker_key(get_engine(url), settings.home)
     workers: list[subprocess.Popen] = []
     app = create_app(settings)
     config = uvicorn.Config(

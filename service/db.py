@@ -210,6 +210,34 @@ def alembic_config(url: str):  # noqa: ANN201 (alembic is imported lazily)
     return cfg
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None for another backend or an in-memory database)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def has_schema(url: str) -> bool:
+    """Whether the database at `url` exists and holds revhpo's schema (creates nothing).
+
+    An SQLite file that does not exist is not opened (opening would create it).
+
+    Raises:
+        StorageError: the database server could not be reached.
+    """
+    from sqlalchemy import inspect
+
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is None or not path.is_file():
+            return False
+    try:
+        return inspect(get_engine(url)).has_table("alembic_version")
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise StorageError(str(getattr(exc, "orig", None) or exc), transient=True) from exc
+
+
 def migrate(url: str, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision` (creates the schema on a new database)."""
     from alembic import command

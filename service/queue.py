@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from revhpo.service.artifacts import attempt_dir
 from revhpo.service.db import db_epoch
 from revhpo.service.models import TERMINAL_STATES, Job, JobEvent, JobState
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
@@ -361,10 +362,19 @@ def _end(
 def complete(session: Session, *, job_id: str, token: str, result: dict[str, Any]) -> Job:
     """Mark the job succeeded with its result document.
 
+    The job's files become the ones this attempt uploaded (an earlier attempt's `result.json`
+    or plots are never listed next to, or served instead of, the final ones).
+
     Raises:
         LeaseLost: the attempt no longer holds the lease; the result is discarded.
     """
-    return _end(session, job_id, token, JobState.succeeded, {}, result=result, error=None)
+    job = session.scalars(select(Job).where(_live(job_id, token))).first()
+    if job is None:
+        raise LeaseLost(job_id)
+    mine = [a for a in job.artifacts if a.split("/")[0] == attempt_dir(token)]
+    return _end(
+        session, job_id, token, JobState.succeeded, {}, result=result, error=None, artifacts=mine
+    )
 
 
 def _backoff(base: float, cap: float):  # noqa: ANN202

@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the API binds to")
     port: int = Field(8765, description="port the API binds to")
     allow_anonymous: bool = Field(
-        True, description="accept requests without a key (only honoured on a loopback bind)"
+        True,
+        description="accept requests without a key as the user `local` (never as a worker); "
+        "honoured only on a loopback bind, from a loopback peer with a loopback Host and no "
+        "proxy headers",
     )
 
     lease_seconds: float = Field(30.0, gt=0, description="a claimed job's lease")
@@ -41,6 +44,15 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(1 << 20, description="largest JSON request body")
     max_dataset_bytes: int = Field(64 << 20, description="largest dataset upload")
+    max_dataset_values: int = Field(
+        1 << 25,
+        ge=1,
+        description="most values (features + labels) in an upload once decompressed or parsed "
+        "(a job holds them as float64: 8 bytes each)",
+    )
+    max_dataset_classes: int = Field(
+        10_000, ge=2, description="most distinct labels in an uploaded dataset"
+    )
     max_artifact_bytes: int = Field(256 << 20, description="largest worker upload (plots, ckpt)")
     max_job_cost: float = Field(
         2e12, description="largest estimated job size: weights x steps x meta-iterations"

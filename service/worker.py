@@ -300,13 +300,28 @@ class Worker:
         return self._report_fail(att, f"job process died ({how})", True)
 
     def _report_success(self, att: Attempt) -> str:
+        """Upload `result.json` and the plots, then complete the job.
+
+        The result document travels only as the uploaded file (a streamed PUT, up to the API's
+        `REVHPO_MAX_ARTIFACT_BYTES`), never inside the JSON body of `complete`, which is held
+        to `REVHPO_MAX_REQUEST_BYTES`: a result of any size the API accepts is delivered. A file
+        over the upload limit fails the job for good (another attempt would make the same file).
+        """
         result = json.loads((att.out_dir / RESULT_FILE).read_text(encoding="utf-8"))
         files = [RESULT_FILE, *sorted((result.get("files") or {}).get("plots", {}).values())]
         for name in files:
             path = att.out_dir / name
-            if path.is_file():
+            if not path.is_file():
+                continue
+            try:
                 self.api.upload_artifact(att.job_id, att.token, path, name)
-        self.api.complete(att.job_id, att.token, result)
+            except ApiError as exc:
+                if exc.status != 413:
+                    raise
+                size = path.stat().st_size
+                reason = f"{name} is {size} bytes, over the API's upload limit: {exc}"
+                return self._report_fail(att, reason, False)
+        self.api.complete(att.job_id, att.token, {})  # {}: the uploaded result.json
         return "succeeded"
 
     def _report_fail(self, att: Attempt, reason: str, retryable: bool) -> str:

@@ -13,6 +13,7 @@ from revhpo.service.auth import Principal
 from revhpo.service.db import session_scope
 from revhpo.service.models import Dataset
 from revhpo.service.schemas import DatasetPublic, Problem
+from revhpo.service.settings import Settings
 
 from .deps import EngineDep, PrincipalDep, SettingsDep, StoreDep
 from .problems import ProblemError
@@ -20,31 +21,32 @@ from .problems import ProblemError
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def _inspect(path: Path, dataset_id: str) -> tuple[int, int, int]:
-    """(rows, features, classes) of an uploaded file, read the way a job will read it."""
-    import numpy as np
-    from revhpo.service.data import DataError, read_arrays
-    from revhpo.service.spec import UploadedDataset
+def _inspect(path: Path, settings: Settings) -> tuple[int, int, int]:
+    """(rows, features, classes) of an uploaded file, checked the way a job will read it
+    without loading it whole (`revhpo.service.data.inspect_upload`).
 
+    Raises:
+        ProblemError: 413 over `max_dataset_values` (decompressed) or a .csv line over its
+            limit; 422 for anything a job could not train on.
+    """
+    from revhpo.service.data import DataError, DataLimits, DatasetTooLarge, inspect_upload
+
+    limits = DataLimits(
+        max_values=settings.max_dataset_values, max_classes=settings.max_dataset_classes
+    )
     try:
-        x, y = read_arrays(UploadedDataset(id=dataset_id), path.parent)
-    except (DataError, ValueError) as exc:
+        st = inspect_upload(path, limits)
+    except DatasetTooLarge as exc:
+        raise ProblemError(413, "Request too large", str(exc), field="file") from exc
+    except DataError as exc:
         raise ProblemError(422, "Invalid dataset", str(exc), field="file") from exc
-    x = np.asarray(x)
-    y = np.asarray(y).reshape(-1)
-    if x.ndim == 0 or len(x) != len(y) or len(x) == 0:
-        raise ProblemError(
-            422,
-            "Invalid dataset",
-            f"features and labels must be non-empty and of one length. "
-            f"Received: {x.shape} and {y.shape}",
-            field="file",
-        )
-    d = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
-    return len(x), d, len(np.unique(y))
+    return st.n_rows, st.n_features, st.n_classes
 
 
-def _store(engine, store, principal: Principal, upload: UploadFile, limit: int) -> DatasetPublic:
+def _store(
+    engine, store, principal: Principal, upload: UploadFile, settings: Settings
+) -> DatasetPublic:
+    limit = settings.max_dataset_bytes
     name = Path(upload.filename or "").name
     fmt = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if fmt not in ("npz", "csv"):
@@ -70,7 +72,7 @@ def _store(engine, store, principal: Principal, upload: UploadFile, limit: int) 
             out.write(chunk)
     try:
         tmp.replace(dest)
-        n, d, c = _inspect(dest, dataset_id)
+        n, d, c = _inspect(dest, settings)
     except BaseException:
         dest.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
@@ -100,8 +102,16 @@ def _store(engine, store, principal: Principal, upload: UploadFile, limit: int) 
     response_model=DatasetPublic,
     responses={
         401: {"model": Problem},
-        413: {"model": Problem, "description": "file larger than the server's limit"},
-        422: {"model": Problem, "description": "not a readable .npz/.csv dataset"},
+        413: {
+            "model": Problem,
+            "description": "file larger than the server's limit, or more values once "
+            "decompressed or parsed than `max_dataset_values`",
+        },
+        422: {
+            "model": Problem,
+            "description": "not a dataset a job can train on: unreadable, no feature column, "
+            "non-real or non-finite features, labels not one per row, a single class",
+        },
     },
     summary="Upload a dataset",
 )
@@ -113,6 +123,4 @@ async def upload_dataset(
     store: StoreDep,
 ) -> DatasetPublic:
     """Store the file, check it reads as a dataset, and return its id."""
-    return await run_in_threadpool(
-        _store, engine, store, principal, file, settings.max_dataset_bytes
-    )
+    return await run_in_threadpool(_store, engine, store, principal, file, settings)

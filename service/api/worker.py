@@ -2,19 +2,25 @@
 
 Every call after the claim names the attempt's lease token; a call from an attempt whose
 lease expired or was superseded gets 409 and its data is discarded.
+
+Results of any size: the worker uploads `result.json` with a streamed PUT (limit
+`max_artifact_bytes`), then completes with an empty `result`; the API reads the attempt's
+uploaded `result.json` as the result document. (A `result` in the body, which must fit in
+`max_request_bytes` like every JSON body, is still accepted.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from revhpo.service import queue
-from revhpo.service.artifacts import ArtifactStore, TooLarge, safe_name
+from revhpo.service.artifacts import ArtifactStore, TooLarge, attempt_dir, file_response, safe_name
 from revhpo.service.db import session_scope
 from revhpo.service.models import Dataset
 from revhpo.service.schemas import (
@@ -54,8 +60,7 @@ def _lost(job_id: str) -> ProblemError:
     )
 
 
-def _attempt_dir(token: str) -> str:
-    return f"a-{safe_name(token)[:16]}"
+RESULT_FILE = "result.json"
 
 
 def _lease_call(engine, fn, job_id: str, **kw):  # noqa: ANN001, ANN202
@@ -132,7 +137,7 @@ class _Upload:
         """Store the body as this attempt's file `name`; returns its relative path."""
         job_id, token, engine, store = self.job_id, self.token, self.engine, self.store
         try:
-            rel = f"{_attempt_dir(token)}/{safe_name(self.name)}"
+            rel = f"{attempt_dir(token)}/{safe_name(self.name)}"
             dest = store.job_file(safe_name(job_id), rel)
         except ValueError as exc:
             raise ProblemError(422, "Invalid request", str(exc), field="name") from exc
@@ -227,9 +232,7 @@ def get_checkpoint(
     job = _job_for_attempt(session, job_id, token)
     if not job.checkpoint or not store.job_file(job.id, job.checkpoint).is_file():
         raise ProblemError(404, "Not found", "the job has no checkpoint", field="checkpoint")
-    return FileResponse(
-        store.job_file(job.id, job.checkpoint), filename=job.checkpoint.split("/")[-1]
-    )
+    return file_response(store.job_file(job.id, job.checkpoint), job.checkpoint.split("/")[-1])
 
 
 @router.get(
@@ -252,7 +255,7 @@ def get_dataset(
     row = session.scalars(select(Dataset).where(Dataset.id == dataset_id)).first()
     if row is None:
         raise ProblemError(404, "Not found", "dataset missing", field="id")
-    return FileResponse(store.root / row.path, filename=f"{row.id}.{row.format}")
+    return file_response(store.root / row.path, f"{row.id}.{row.format}")
 
 
 def _finish_call(engine, fn, job_id: str, **kw) -> Response:  # noqa: ANN001
@@ -261,10 +264,55 @@ def _finish_call(engine, fn, job_id: str, **kw) -> Response:  # noqa: ANN001
     return Response(status_code=204)
 
 
-@router.post("/jobs/{job_id}/complete", status_code=204, responses=RESPONSES)
-def complete(job_id: str, body: CompleteRequest, _w: WorkerDep, engine: EngineDep) -> Response:
-    """The attempt succeeded: store the result (refused if the lease is lost)."""
-    return _finish_call(engine, queue.complete, job_id, token=body.token, result=body.result)
+def _uploaded_result(store: ArtifactStore, job_id: str, token: str) -> dict[str, Any]:
+    """The attempt's uploaded `result.json`, parsed (422 when missing or not a JSON object)."""
+    try:
+        path = store.job_file(safe_name(job_id), f"{attempt_dir(token)}/{RESULT_FILE}")
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid request", str(exc), field="token") from exc
+    if not path.is_file():
+        raise ProblemError(
+            422,
+            "No result",
+            f"empty `result` and this attempt uploaded no {RESULT_FILE}: upload it first "
+            f"(PUT /v1/worker/jobs/{job_id}/artifacts/{RESULT_FILE})",
+            field="result",
+        )
+    try:
+        doc = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise ProblemError(
+            422, "Invalid result", f"{RESULT_FILE} is not JSON: {exc}", field="result"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise ProblemError(
+            422, "Invalid result", f"{RESULT_FILE} must hold a JSON object", field="result"
+        )
+    return doc
+
+
+@router.post(
+    "/jobs/{job_id}/complete",
+    status_code=204,
+    responses={**RESPONSES, 422: {"model": Problem}},
+)
+def complete(
+    job_id: str, body: CompleteRequest, _w: WorkerDep, engine: EngineDep, store: StoreDep
+) -> Response:
+    """The attempt succeeded: store the result (refused if the lease is lost).
+
+    An empty `result` means "the `result.json` this attempt uploaded" (results of any size up
+    to `REVHPO_MAX_ARTIFACT_BYTES` travel as a streamed upload, never in a JSON body).
+    """
+    with session_scope(engine, write=False) as s:  # refuse a lost lease before reading a file
+        _job_for_attempt(s, job_id, body.token)
+    result = body.result or _uploaded_result(store, job_id, body.token)
+    response = _finish_call(engine, queue.complete, job_id, token=body.token, result=result)
+    with session_scope(engine, write=False) as s:  # the files of earlier attempts go
+        job = queue.get_job(s, job_id, None)
+        keep = {rel.split("/")[0] for rel in [*job.artifacts, job.checkpoint or ""] if rel}
+    store.prune_attempts(job_id, keep)
+    return response
 
 
 @router.post("/jobs/{job_id}/fail", status_code=204, responses=RESPONSES)

@@ -103,12 +103,15 @@ class ServerProc:
 
 
 def start_worker(server: ServerProc, *, token: str | None = None, name: str = "w") -> tuple:
-    """`python -m revhpo.service.worker --api URL` as its own process group; returns (proc, log)."""
+    """`python -m revhpo.service.worker --api URL` as its own process group; returns (proc, log).
+
+    Without ``token`` the worker gets a new worker key (anonymous callers have no worker
+    rights)."""
     log = server.home / f"worker-{name}.log"
+    token = token or create_key(server.db_url, f"pool-{name}", worker=True)
     logf = open(log, "ab")  # noqa: SIM115 (the caller's process outlives this call)
     cmd = [sys.executable, "-m", "revhpo.service.worker", "--api", server.url, "--name", name]
-    if token:
-        cmd += ["--token", token]
+    cmd += ["--token", token]
     proc = subprocess.Popen(
         cmd,
         env=server.env(),

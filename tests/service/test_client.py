@@ -43,7 +43,7 @@ def user(shared_server) -> Iterator[Client]:
 
 @pytest.fixture
 def own_server(server_factory, tmp_path) -> ServerProc:
-    """A server of this test alone (anonymous on loopback: user and worker at once)."""
+    """A server of this test alone (anonymous on loopback: the user `local`, never a worker)."""
     from revhpo.service.db import migrate
 
     url = f"sqlite:///{tmp_path / 'own.db'}"
@@ -203,8 +203,8 @@ def test_retry_until_the_server_comes_up(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- worker protocol
 def test_worker_protocol_result_artifacts_and_events(own_server, tmp_path):
-    c = Client(own_server.url)  # anonymous on loopback: user and worker
-    w = c.worker
+    c = Client(own_server.url)  # anonymous on loopback: the user `local`
+    w = Client(own_server.url, _key(own_server, "pool", worker=True)).worker
     ds = c.upload_dataset(_npz(tmp_path / "d.npz"))
     job = c.submit({**tiny_spec(), "dataset": {"kind": "uploaded", "id": ds["id"]}})
     jid = job["id"]
@@ -282,18 +282,19 @@ def test_worker_protocol_result_artifacts_and_events(own_server, tmp_path):
 
 
 def test_checkpoint_handed_to_the_next_attempt(own_server, tmp_path):
-    with Client(own_server.url) as c:
+    pool = Client(own_server.url, _key(own_server, "pool", worker=True))
+    with Client(own_server.url) as c, pool:
         jid = c.submit(tiny_spec())["id"]
-        cl = c.worker.claim("a")
+        cl = pool.worker.claim("a")
         (tmp_path / "checkpoint.npz").write_bytes(b"state-after-1")
-        c.worker.upload_checkpoint(jid, cl["token"], tmp_path / "checkpoint.npz")
-        c.worker.release(jid, cl["token"])
-        cl2 = c.worker.claim("b")
+        pool.worker.upload_checkpoint(jid, cl["token"], tmp_path / "checkpoint.npz")
+        pool.worker.release(jid, cl["token"])
+        cl2 = pool.worker.claim("b")
         assert cl2["checkpoint"] == "checkpoint.npz"
-        assert c.worker.download_checkpoint(jid, cl2["token"], tmp_path / "got.npz") is True
+        assert pool.worker.download_checkpoint(jid, cl2["token"], tmp_path / "got.npz") is True
         assert (tmp_path / "got.npz").read_bytes() == b"state-after-1"
         with pytest.raises(LeaseLostError):  # the first attempt's token is dead
-            c.worker.download_checkpoint(jid, cl["token"], tmp_path / "x.npz")
+            pool.worker.download_checkpoint(jid, cl["token"], tmp_path / "x.npz")
 
 
 # ----------------------------------------------------------------------------- retry policy

@@ -39,6 +39,15 @@ def client(server):
         yield c
 
 
+@pytest.fixture
+def pool(server):
+    """A worker's client (anonymous callers have no worker rights)."""
+    key = create_key(server.db_url, "pool", worker=True)
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.url, timeout=30, headers=headers) as c:
+        yield c
+
+
 def _npz_bytes(n=60, d=4, classes=3) -> bytes:
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
@@ -46,13 +55,13 @@ def _npz_bytes(n=60, d=4, classes=3) -> bytes:
     return buf.getvalue()
 
 
-def test_worker_protocol_leases_and_late_writes(client, server):
+def test_worker_protocol_leases_and_late_writes(client, pool, server):
     job = client.post("/v1/jobs", json=tiny_spec()).json()
     jid = job["id"]
-    c1 = client.post("/v1/worker/claim", json={"worker": "a"}).json()
+    c1 = pool.post("/v1/worker/claim", json={"worker": "a"}).json()
     assert c1["job_id"] == jid and c1["attempt"] == 1 and c1["lease_seconds"] == 4.0
-    assert client.post("/v1/worker/claim", json={"worker": "b"}).status_code == 204
-    r = client.post(
+    assert pool.post("/v1/worker/claim", json={"worker": "b"}).status_code == 204
+    r = pool.post(
         f"/v1/worker/jobs/{jid}/events",
         json={
             "token": c1["token"],
@@ -62,7 +71,7 @@ def test_worker_protocol_leases_and_late_writes(client, server):
         },
     )
     assert r.status_code == 200 and r.json()["cancel_requested"] is False
-    put = client.put(
+    put = pool.put(
         f"/v1/worker/jobs/{jid}/checkpoint/checkpoint.npz",
         content=b"ckpt-1",
         headers={"X-Lease-Token": c1["token"]},
@@ -74,15 +83,15 @@ def test_worker_protocol_leases_and_late_writes(client, server):
     while client.get(f"/v1/jobs/{jid}").json()["state"] != "queued":
         assert time.monotonic() < deadline, "lease never reaped"
         time.sleep(0.2)
-    late = client.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c1["token"]})
+    late = pool.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c1["token"]})
     _problem(late, 409, "token")
-    c2 = client.post("/v1/worker/claim", json={"worker": "b"}).json()
+    c2 = pool.post("/v1/worker/claim", json={"worker": "b"}).json()
     assert c2["job_id"] == jid and c2["attempt"] == 2 and c2["checkpoint"] == "checkpoint.npz"
-    ck = client.get(f"/v1/worker/jobs/{jid}/checkpoint", headers={"X-Lease-Token": c2["token"]})
+    ck = pool.get(f"/v1/worker/jobs/{jid}/checkpoint", headers={"X-Lease-Token": c2["token"]})
     assert ck.content == b"ckpt-1"
     # The first attempt wakes up: its files and its result are refused.
     _problem(
-        client.put(
+        pool.put(
             f"/v1/worker/jobs/{jid}/artifacts/plot.png",
             content=b"late",
             headers={"X-Lease-Token": c1["token"]},
@@ -90,18 +99,18 @@ def test_worker_protocol_leases_and_late_writes(client, server):
         409,
     )
     _problem(
-        client.post(f"/v1/worker/jobs/{jid}/complete", json={"token": c1["token"], "result": {}}),
+        pool.post(f"/v1/worker/jobs/{jid}/complete", json={"token": c1["token"], "result": {}}),
         409,
     )
-    hb = client.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c2["token"]})
+    hb = pool.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c2["token"]})
     assert hb.status_code == 200
-    up = client.put(
+    up = pool.put(
         f"/v1/worker/jobs/{jid}/artifacts/plot.png",
         content=b"\x89PNG-live",
         headers={"X-Lease-Token": c2["token"]},
     )
     assert up.status_code == 204
-    done = client.post(
+    done = pool.post(
         f"/v1/worker/jobs/{jid}/complete", json={"token": c2["token"], "result": {"status": "ok"}}
     )
     assert done.status_code == 204
@@ -113,17 +122,17 @@ def test_worker_protocol_leases_and_late_writes(client, server):
     assert kinds == ["claimed", "meta", "lease_expired", "claimed", "done", "end"]
     # A running job's cancel reaches its worker through the lease answers.
     jid = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
-    c = client.post("/v1/worker/claim", json={"worker": "a"}).json()
+    c = pool.post("/v1/worker/claim", json={"worker": "a"}).json()
     r = client.post(f"/v1/jobs/{jid}/cancel")
     assert r.json()["state"] == "running" and r.json()["cancel_requested"]
-    hb = client.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c["token"]}).json()
+    hb = pool.post(f"/v1/worker/jobs/{jid}/heartbeat", json={"token": c["token"]}).json()
     assert hb["cancel_requested"] is True
-    r = client.post(f"/v1/worker/jobs/{jid}/cancelled", json={"token": c["token"]})
+    r = pool.post(f"/v1/worker/jobs/{jid}/cancelled", json={"token": c["token"]})
     assert r.status_code == 204
     assert client.get(f"/v1/jobs/{jid}").json()["state"] == "cancelled"
 
 
-def test_dataset_upload(client):
+def test_dataset_upload(client, pool):
     r = client.post(
         "/v1/datasets", files={"file": ("d.npz", _npz_bytes(), "application/octet-stream")}
     )
@@ -156,9 +165,9 @@ def test_dataset_upload(client):
     }
     r = client.post("/v1/jobs", json=spec)
     assert r.status_code == 202, r.text
-    c = client.post("/v1/worker/claim", json={"worker": "a"}).json()
+    c = pool.post("/v1/worker/claim", json={"worker": "a"}).json()
     assert c["dataset_ids"] == [ds["id"]]
-    got = client.get(
+    got = pool.get(
         f"/v1/worker/jobs/{c['job_id']}/datasets/{ds['id']}", headers={"X-Lease-Token": c["token"]}
     )
     assert got.content == _npz_bytes()
