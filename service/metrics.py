@@ -20,9 +20,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from revhpo.service.api.deps import PrincipalDep
 from sqlalchemy import Engine, func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -211,3 +213,20 @@ def _quantiles(name: str, doc: str, values: Iterable[Any]) -> Metric:
     for q in _QUANTILES:
         g.add_metric([str(q)], float(np.quantile(vals, q)) if len(vals) else 0.0)
     return g
+
+
+def metrics_router(metrics: ServiceMetrics) -> Any:
+    """``GET /metrics`` (the same authentication as every route: anonymous on loopback, else
+    any valid key)."""
+    router = APIRouter(tags=["metrics"])
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "exposition text"}},
+    )
+    def get_metrics(principal: PrincipalDep) -> Response:  # noqa: ARG001 (authentication)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router

@@ -2,11 +2,125 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from revhpo.service.models import Dataset, Job, JobState
+
+# Bounds of every JSON or YAML document a request carries (after parsing, aliases expanded).
+DOC_MAX_DEPTH = 32  # nested objects and arrays
+DOC_MAX_NODES = 100_000  # values (objects, arrays, scalars), counting each alias expansion
+DOC_MAX_CHARS = 4 << 20  # characters of all strings and keys
+
+
+class DocumentError(ValueError):
+    """A request document out of bounds or holding a value no database stores.
+
+    Attributes:
+        field: the dotted path of the offending value (`body` for the whole document).
+        message: what is wrong.
+        received: the offending value, shortened (JSON-able).
+        too_large: the document is over a size bound (HTTP 413) rather than invalid (422).
+    """
+
+    def __init__(self, field: str, message: str, received: Any = None, *, too_large: bool = False):
+        super().__init__(f"{field}: {message}. Received: {received!r}")
+        self.field, self.message, self.received = field, message, received
+        self.too_large = too_large
+
+
+def _dotted(root: str, path: tuple) -> str:
+    parts = [root] if root else []
+    parts += [str(p) for p in path]
+    return ".".join(parts) or "body"
+
+
+def check_document(
+    value: Any,
+    *,
+    root: str = "",
+    max_depth: int = DOC_MAX_DEPTH,
+    max_nodes: int = DOC_MAX_NODES,
+    max_chars: int = DOC_MAX_CHARS,
+) -> None:
+    """Check a parsed JSON/YAML document before it is validated or stored.
+
+    Walks the document as the tree it serialises to (a YAML alias is walked once per use)
+    without recursion, and stops at the first problem, so the walk itself is bounded by
+    `max_nodes` whatever the input (shared or self-referencing YAML nodes included).
+
+    Raises:
+        DocumentError: nested deeper than `max_depth`, more than `max_nodes` values or
+            `max_chars` characters, a NUL character in a string or key (PostgreSQL text
+            cannot hold it), or a non-finite number (`1e999`, `.inf`, `NaN`: JSON has none).
+    """
+    nodes = chars = 0
+    stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise DocumentError(
+                "body",
+                f"a document holds at most {max_nodes} values",
+                f"more than {max_nodes}",
+                too_large=True,
+            )
+        if isinstance(v, str):
+            chars += len(v)
+            if "\x00" in v:
+                raise DocumentError(_dotted(root, path), "a NUL character is not allowed", v[:200])
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise DocumentError(_dotted(root, path), "a number must be finite", repr(v))
+        elif isinstance(v, dict | list | tuple):
+            if depth >= max_depth:
+                raise DocumentError(
+                    _dotted(root, path),
+                    f"the document is nested deeper than {max_depth} levels",
+                    f"more than {max_depth} levels",
+                )
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    key = k if isinstance(k, str) else str(k)
+                    chars += len(key)
+                    if "\x00" in key:
+                        raise DocumentError(
+                            _dotted(root, path),
+                            "a NUL character is not allowed in a key",
+                            key[:200],
+                        )
+                    stack.append((item, (*path, key), depth + 1))
+            else:
+                stack.extend((item, (*path, i), depth + 1) for i, item in enumerate(v))
+        if chars > max_chars:
+            raise DocumentError(
+                "body",
+                f"a document holds at most {max_chars} characters of text",
+                f"more than {max_chars}",
+                too_large=True,
+            )
+
+
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError(f"a NUL character is not allowed. Received: {v[:200]!r}")
+    return v
+
+
+def _json_value(v: Any) -> Any:
+    try:  # the body limit bounds a JSON body's size (no aliases); depth and content matter
+        check_document(v, max_nodes=1 << 30, max_chars=1 << 40)
+    except DocumentError as exc:
+        raise ValueError(f"{exc.message} (at {exc.field}). Received: {exc.received!r}") from exc
+    return v
+
+
+# A string the database can store (no NUL), and a JSON value it can store (bounded, finite).
+Text = Annotated[str, AfterValidator(_no_nul)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
 
 
 def iso(t: float | None) -> str | None:
@@ -147,7 +261,7 @@ class _Strict(BaseModel):
 class ClaimRequest(_Strict):
     """A worker asks for a job."""
 
-    worker: str = Field(..., min_length=1, max_length=200, description="worker name (for logs)")
+    worker: Text = Field(..., min_length=1, max_length=200, description="worker name (for logs)")
 
 
 class ClaimResponse(BaseModel):
@@ -166,19 +280,19 @@ class ClaimResponse(BaseModel):
 class LeaseRequest(_Strict):
     """Any write of an attempt names its lease token."""
 
-    token: str = Field(..., min_length=1, max_length=64)
+    token: Text = Field(..., min_length=1, max_length=64)
 
 
 class HeartbeatRequest(LeaseRequest):
     """Extend the lease."""
 
-    progress: dict[str, Any] | None = None
+    progress: JsonObject | None = None
 
 
 class EventsRequest(LeaseRequest):
     """Progress events of the tuning loop (`step`, `meta`, `checkpoint`, ...)."""
 
-    events: list[dict[str, Any]] = Field(..., max_length=1000)
+    events: list[JsonObject] = Field(..., max_length=1000)
 
 
 class LeaseResponse(BaseModel):
@@ -191,13 +305,13 @@ class LeaseResponse(BaseModel):
 class CompleteRequest(LeaseRequest):
     """The attempt finished: the result document."""
 
-    result: dict[str, Any]
+    result: JsonObject
 
 
 class FailRequest(LeaseRequest):
     """The attempt failed."""
 
-    reason: str = Field(..., max_length=4000)
+    reason: Text = Field(..., max_length=4000)
     retryable: bool = Field(
         False, description="true: the worker or process died (retry); false: the job itself failed"
     )

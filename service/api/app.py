@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from revhpo.service import queue
 from revhpo.service.artifacts import ArtifactStore
 from revhpo.service.db import get_engine, session_scope
-from revhpo.service.schemas import Health
+from revhpo.service.metrics import MetricsMiddleware, ServiceMetrics, metrics_router
+from revhpo.service.schemas import Health, Problem
 from revhpo.service.settings import Settings, get_settings
 from revhpo.service.spec import JobSpec
 from sqlalchemy import text
@@ -21,7 +23,7 @@ from revhpo.runtime import __version__
 
 from . import datasets, jobs, problems, worker
 from .deps import EngineDep
-from .limits import BodyLimitMiddleware
+from .limits import BodyLimitMiddleware, InputGuardMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,40 @@ def _openapi(app: FastAPI) -> dict:
     for name, sub in spec_schema.pop("$defs", {}).items():
         components.setdefault(name, sub)
     components["JobSpec"] = spec_schema
+    _problem_responses(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _problem_responses(schema: dict) -> None:
+    """Declare every error answer (4xx, 5xx) as `application/problem+json` of `Problem`
+    (except the 503 of `/healthz`, which answers a `Health` document).
+
+    FastAPI documents `responses={...: {"model": Problem}}` as `application/json`, and its
+    own 422 as `HTTPValidationError`; the server answers every error with a problem document
+    (`problems.install`), so the document says so.
+    """
+    problem = {"$ref": "#/components/schemas/Problem"}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("Problem", Problem.model_json_schema())
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            if not isinstance(op, dict):
+                continue
+            for code, resp in op.get("responses", {}).items():
+                if str(code)[0] not in "45":
+                    continue
+                content = resp.setdefault("content", {})
+                current = content.get("application/json", {}).get("schema", problem)
+                if current.get("$ref", "").endswith("/HTTPValidationError"):
+                    current = problem
+                if current != problem:  # e.g. /healthz's 503 answers its `Health` document
+                    continue
+                content.clear()
+                content[problems.PROBLEM_JSON] = {"schema": problem}
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's, now unreferenced
+        if f'"#/components/schemas/{unused}"' not in json.dumps(schema):
+            components.pop(unused, None)
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = True) -> FastAPI:
@@ -119,8 +153,12 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     )
     app.state.settings, app.state.engine, app.state.store = settings, engine, store
     problems.install(app)
+    app.state.metrics = metrics = ServiceMetrics(engine)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(InputGuardMiddleware)  # outermost: before any body is read
     app.include_router(health_router)
+    app.include_router(metrics_router(metrics))
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(worker.router)

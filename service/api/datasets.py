@@ -47,6 +47,13 @@ def _store(
     engine, store, principal: Principal, upload: UploadFile, settings: Settings
 ) -> DatasetPublic:
     limit = settings.max_dataset_bytes
+    if "\x00" in (upload.filename or ""):
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"filename: a NUL character is not allowed. Received: {upload.filename!r}",
+            field="filename",
+        )
     name = Path(upload.filename or "").name
     fmt = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if fmt not in ("npz", "csv"):

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import yaml
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from revhpo.service import queue
+from revhpo.service.artifacts import file_response
 from revhpo.service.auth import Principal
 from revhpo.service.db import StorageError, session_scope
 from revhpo.service.models import Dataset, Job, JobState
-from revhpo.service.schemas import JobDetail, JobPublic, JobResult, JobsPage, Problem
+from revhpo.service.schemas import (
+    DocumentError,
+    JobDetail,
+    JobPublic,
+    JobResult,
+    JobsPage,
+    Problem,
+    check_document,
+)
 from revhpo.service.settings import Settings
 from revhpo.service.spec import JobSpec
 from sqlalchemy import select
 
 from .deps import EngineDep, PrincipalDep, ReadSessionDep, SettingsDep, StoreDep
-from .limits import dataset_shape, job_cost
-from .problems import ProblemError, pydantic_errors
+from .limits import dataset_shape, job_cost, load_yaml
+from .problems import ProblemError, document_problem, pydantic_errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -33,8 +44,26 @@ PROBLEMS = {
     404: {"model": Problem, "description": "no such job for this owner"},
     422: {"model": Problem, "description": "invalid request; `field` names the offending field"},
 }
-SSE_POLL_SECONDS = 0.5
+SSE_POLL_SECONDS = 0.5  # between polls while events arrive
+SSE_IDLE_POLL_SECONDS = 2.0  # the poll interval grows to this while none do
 SSE_KEEPALIVE_SECONDS = 15.0
+MAX_SEQ = 2**63 - 1  # the largest id or listing position a database integer holds
+
+# Threads that spec parsing and stream polls may occupy at once (each on top of the shared
+# pool's 40): a burst of large submissions or hundreds of open streams never takes the threads
+# other routes (heartbeats, claims) need. A stream holds no thread between its polls.
+PARSE_THREADS = 1  # parsing holds the GIL: more threads would only take it from the loop
+STREAM_THREADS = 4
+
+
+def _limiter(request: Request, name: str, tokens: int) -> anyio.CapacityLimiter:
+    """The app's limiter `name` (created on first use, inside the event loop)."""
+    limiter = getattr(request.app.state, name, None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(tokens)
+        setattr(request.app.state, name, limiter)
+    return limiter
+
 
 _SPEC_BODY = {
     "requestBody": {
@@ -69,10 +98,15 @@ def _owned_job(session, job_id: str, owner: str) -> Job:  # noqa: ANN001
 
 
 def parse_document(raw: bytes, content_type: str) -> Any:
-    """Parse a JSON or YAML request body.
+    """Parse a JSON or YAML request body, bounded (see `schemas.check_document`).
+
+    YAML is composed by `limits.BoundedYamlLoader` (depth and aliases bounded while parsing);
+    the parsed document of either kind is then checked: depth, values after alias expansion,
+    text size, no NUL character, no non-finite number.
 
     Raises:
-        ProblemError: 415 for another media type, 422 for a body that does not parse.
+        ProblemError: 415 for another media type, 422 for a body that does not parse or holds
+            a value no job can (NUL, `1e999`, `.inf`), 413 for a document over its bounds.
     """
     ctype = content_type.split(";")[0].strip().lower()
     if ctype not in ("", "application/json", "application/yaml", "text/yaml", "application/x-yaml"):
@@ -84,11 +118,19 @@ def parse_document(raw: bytes, content_type: str) -> Any:
         )
     try:
         text = raw.decode("utf-8")
-        return json.loads(text) if ctype in ("", "application/json") else yaml.safe_load(text)
+        data = json.loads(text) if ctype in ("", "application/json") else load_yaml(text)
+        check_document(data)
+    except DocumentError as exc:
+        raise document_problem(exc) from exc
+    except RecursionError as exc:  # JSON nested deeper than the interpreter's stack
+        raise document_problem(
+            DocumentError("body", "the document is nested too deeply", "over 1000 levels")
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ProblemError(
             422, "Invalid request", f"body does not parse: {exc}", field="body"
         ) from exc
+    return data
 
 
 def validate_spec(data: Any) -> JobSpec:
@@ -116,6 +158,21 @@ def validate_spec(data: Any) -> JobSpec:
             field=first["field"],
             errors=errors,
         ) from exc
+
+
+def _parse_spec(raw: bytes, content_type: str) -> tuple[JobSpec, dict[str, Any]]:
+    """Parse, bound and validate a submitted spec; returns (spec, canonical document).
+
+    Runs in a worker thread: YAML parsing, validation and the canonical dump of a 1 MiB
+    body take CPU seconds that must not stall the event loop.
+    """
+    spec = validate_spec(parse_document(raw, content_type))
+    canonical = spec.model_dump(mode="json")
+    try:  # defaults and coercions must not bring back what the parsed body could not hold
+        check_document(canonical)
+    except DocumentError as exc:
+        raise document_problem(exc, "Invalid job spec") from exc
+    return spec, canonical
 
 
 def _check_policy(
@@ -185,9 +242,13 @@ def _check_policy(
 
 
 def _submit(
-    engine, settings: Settings, principal: Principal, spec: JobSpec, key: str | None
+    engine,
+    settings: Settings,
+    principal: Principal,
+    spec: JobSpec,
+    canonical: dict[str, Any],
+    key: str | None,
 ) -> tuple[JobDetail, bool]:
-    canonical = spec.model_dump(mode="json")
     sha = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
     for attempt in range(2):
         try:
@@ -247,15 +308,35 @@ async def create_job(
     ] = None,
 ) -> JobDetail:
     """Validate the spec, apply the size limits, and queue the job (202 + `Location`)."""
-    data = parse_document(await request.body(), request.headers.get("content-type", ""))
-    spec = validate_spec(data)
+    body = await request.body()
+    spec, canonical = await anyio.to_thread.run_sync(
+        _parse_spec,
+        body,
+        request.headers.get("content-type", ""),
+        limiter=_limiter(request, "parse_limiter", PARSE_THREADS),
+    )
     job, created = await run_in_threadpool(
-        _submit, engine, settings, principal, spec, idempotency_key
+        _submit, engine, settings, principal, spec, canonical, idempotency_key
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job
+
+
+def _check_cursor(cursor: str) -> None:
+    """Raises ProblemError (422) unless `cursor` is a `next_cursor` this service can issue."""
+    try:
+        seq = queue.decode_cursor(cursor)
+    except ValueError:
+        seq = -1
+    if not (cursor.isascii() and 0 <= seq <= MAX_SEQ):
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"cursor: not a `next_cursor` of this listing. Received: {cursor!r}",
+            field="cursor",
+        )
 
 
 @router.get("", response_model=JobsPage, responses=PROBLEMS, summary="List your jobs")
@@ -268,6 +349,8 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor`")] = None,
 ) -> JobsPage:
     """One page of the caller's jobs, newest first (cursor pagination, one query)."""
+    if cursor is not None:
+        _check_cursor(cursor)
     try:
         jobs, nxt = queue.list_jobs(
             session,
@@ -339,7 +422,7 @@ def get_artifact(
         if rel.split("/")[-1] == name:
             path = store.job_file(job.id, rel)
             if path.is_file():
-                return FileResponse(path, filename=name)
+                return file_response(path, name)
     raise ProblemError(404, "Not found", f"job {job_id} has no file {name!r}", field="name")
 
 
@@ -348,19 +431,39 @@ def _sse(event_id: int | None, event: str, data: Any) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _event_stream(engine, job_id: str, owner: str, after: int) -> Iterator[str]:
-    """Replay the job's events after `after`, then follow them until the job is finished."""
+def _check_owned(engine, job_id: str, owner: str) -> None:  # noqa: ANN001
+    """Raises ProblemError (404) unless `owner` has the job `job_id`."""
+    with session_scope(engine, write=False) as session:
+        _owned_job(session, job_id, owner)
+
+
+def _poll(engine, job_id: str, owner: str, after: int) -> tuple[list[tuple[int, dict]], str, dict]:
+    """One brief read: the job's events after `after`, its state and its public snapshot."""
+    with session_scope(engine, write=False) as s:
+        job = queue.get_job(s, job_id, owner)
+        events = [(ev.id, ev.data) for ev in queue.events_after(s, job=job, after_id=after)]
+        return events, job.state, JobPublic.from_row(job).model_dump(mode="json")
+
+
+async def _event_stream(
+    engine, job_id: str, owner: str, after: int, limiter: anyio.CapacityLimiter
+) -> AsyncIterator[str]:
+    """Replay the job's events after `after`, then follow them until the job is finished.
+
+    Between polls the stream waits with `asyncio.sleep` and holds no thread; each poll is one
+    brief read in a thread of `limiter` (shared by the app's streams). The interval grows
+    from `SSE_POLL_SECONDS` to `SSE_IDLE_POLL_SECONDS` while no event arrives.
+    """
     last_sent = time.monotonic()
+    delay = SSE_POLL_SECONDS
     yield "retry: 2000\n\n"
     while True:
-        with session_scope(engine, write=False) as s:
-            job = queue.get_job(s, job_id, owner)
-            events = queue.events_after(s, job=job, after_id=after)
-            state = job.state
-            snapshot = JobPublic.from_row(job).model_dump(mode="json")
-        for ev in events:
-            after = ev.id
-            yield _sse(ev.id, str(ev.data.get("type", "message")), ev.data)
+        events, state, snapshot = await anyio.to_thread.run_sync(
+            _poll, engine, job_id, owner, after, limiter=limiter
+        )
+        for event_id, data in events:
+            after = event_id
+            yield _sse(event_id, str(data.get("type", "message")), data)
             last_sent = time.monotonic()
         if not events and queue.is_terminal(state):
             yield _sse(None, "end", snapshot)
@@ -368,8 +471,29 @@ def _event_stream(engine, job_id: str, owner: str, after: int) -> Iterator[str]:
         if time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
             yield ": keep-alive\n\n"
             last_sent = time.monotonic()
-        if not events:
-            time.sleep(SSE_POLL_SECONDS)
+        if events:
+            delay = SSE_POLL_SECONDS
+        else:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SSE_IDLE_POLL_SECONDS)
+
+
+def _last_event_id(value: str | None) -> int:
+    """The event id a reconnecting client saw last (0: none).
+
+    Raises:
+        ProblemError: 422 for anything but a decimal event id this service can have sent.
+    """
+    if value is None or value == "":
+        return 0
+    if not (len(value) <= 19 and value.isascii() and value.isdigit() and int(value) <= MAX_SEQ):
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"Last-Event-ID: not an event id of this stream. Received: {value[:40]!r}",
+            field="Last-Event-ID",
+        )
+    return int(value)
 
 
 @router.get(
@@ -378,20 +502,23 @@ def _event_stream(engine, job_id: str, owner: str, after: int) -> Iterator[str]:
     response_class=StreamingResponse,
     summary="Progress as Server-Sent Events",
 )
-def job_events(
+async def job_events(
+    request: Request,
     job_id: str,
     principal: PrincipalDep,
     engine: EngineDep,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="the `id` of the last event received (resumes after it)")
+    ] = None,
 ) -> StreamingResponse:
     """Events `claimed`, `step`, `meta`, `checkpoint`, `lease_expired`, `done`, ...; then
     `end` with the job. Resumes after `Last-Event-ID`."""
+    after = _last_event_id(last_event_id)
+    limiter = _limiter(request, "stream_limiter", STREAM_THREADS)
     # a short transaction: the stream itself opens one per poll, none held between
-    with session_scope(engine, write=False) as session:
-        _owned_job(session, job_id, principal.owner)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    await anyio.to_thread.run_sync(_check_owned, engine, job_id, principal.owner, limiter=limiter)
     return StreamingResponse(
-        _event_stream(engine, job_id, principal.owner, after),
+        _event_stream(engine, job_id, principal.owner, after, limiter),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,16 +1,150 @@
-"""Request-size limits (before a body is read) and the job-size policy (before queueing)."""
+"""Request limits: body sizes (before a body is read), parsed-document bounds (YAML aliases,
+depth, size after parsing), NUL characters in paths and queries, and the job-size policy
+(before queueing)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
+import yaml
 from fastapi import HTTPException
 from revhpo.nets.config import NetConfigBase, parse_net_config
+from revhpo.service.schemas import DOC_MAX_DEPTH, DOC_MAX_NODES, DocumentError
 from revhpo.service.settings import Settings
 from revhpo.service.spec import JobSpec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
+
+if yaml.__with_libyaml__:  # libyaml's scanner and parser (C); the composer stays in Python
+    from yaml.cyaml import CParser as _EventParser
+else:  # pragma: no cover (PyYAML built without libyaml)
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _EventParser(Reader, Scanner, Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str):
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+
+
+YAML_MAX_ALIASES = 100  # alias uses (`*name`) in one document
+
+
+class BoundedYamlLoader(Composer, _EventParser, SafeConstructor, Resolver):
+    """`yaml.SafeLoader`'s document model, composed with bounds.
+
+    libyaml (C) scans and parses; the composer is PyYAML's, with the nesting depth bounded
+    (`DOC_MAX_DEPTH`: a deeply nested document is refused before it can exhaust the stack)
+    and the nodes and alias uses counted (`DOC_MAX_NODES`, `YAML_MAX_ALIASES`), so parsing
+    stops as soon as a bound is passed. The size after alias expansion is bounded
+    by `schemas.check_document` on the constructed data, which walks it as the tree it
+    expands to and stops at its node budget: the 513-byte "billion laughs" document is refused
+    after `DOC_MAX_NODES` visits instead of expanding to gigabytes.
+    """
+
+    def __init__(self, stream: str):
+        _EventParser.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._depth = 0
+        self._aliases = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        """Compose one node, refusing depth over `DOC_MAX_DEPTH` and too many aliases."""
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > YAML_MAX_ALIASES:
+                raise DocumentError(
+                    "body",
+                    f"a job spec uses at most {YAML_MAX_ALIASES} YAML aliases",
+                    f"more than {YAML_MAX_ALIASES}",
+                    too_large=True,
+                )
+        else:
+            self._nodes += 1
+            if self._nodes > DOC_MAX_NODES:  # stop parsing early: the walk would refuse it
+                raise DocumentError(
+                    "body",
+                    f"a document holds at most {DOC_MAX_NODES} values",
+                    f"more than {DOC_MAX_NODES}",
+                    too_large=True,
+                )
+        self._depth += 1
+        try:
+            if self._depth > DOC_MAX_DEPTH:
+                raise DocumentError(
+                    "body",
+                    f"the document is nested deeper than {DOC_MAX_DEPTH} levels",
+                    f"more than {DOC_MAX_DEPTH} levels",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with `BoundedYamlLoader` (safe tags only).
+
+    Raises:
+        yaml.YAMLError: the text is not YAML.
+        DocumentError: too deep, or too many aliases.
+    """
+    loader = BoundedYamlLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class InputGuardMiddleware:
+    """Refuse a NUL character in the path or the query string with 422 (problem+json).
+
+    PostgreSQL text cannot hold NUL: without this guard a NUL in a path parameter (a job id,
+    a file name) or a query parameter reached the database and failed there with 500. HTTP
+    header values cannot carry NUL at all (the HTTP parser refuses them).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            bad = _nul_input(scope)
+            if bad is not None:
+                field, received = bad
+                await _send_problem(
+                    send,
+                    422,
+                    "Invalid request",
+                    f"{field}: a NUL character is not allowed. Received: {received!r}",
+                    scope["path"],
+                    field,
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_input(scope: Scope) -> tuple[str, str] | None:
+    """(field, value) of the first path or query value holding a NUL character."""
+    path = scope.get("path", "")
+    if "\x00" in path:
+        return "path", path[:200]
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return (name if "\x00" not in name else "query"), value[:200]
+    return None
+
 
 DIGITS_SHAPE = (1797, 64, 10)  # examples, features, classes of the bundled digits data
 
@@ -64,20 +198,29 @@ class BodyLimitMiddleware:
 
 
 async def _send_413(send: Send, path: str, limit: int) -> None:
+    await _send_problem(
+        send, 413, "Request too large", f"request body exceeds {limit} bytes", path, "body"
+    )
+
+
+async def _send_problem(
+    send: Send, status: int, title: str, detail: str, path: str, field: str
+) -> None:
+    """Answer from a middleware with a problem document (and close the connection)."""
     body = json.dumps(
         {
-            "type": "/problems/request-too-large",
-            "title": "Request too large",
-            "status": 413,
-            "detail": f"request body exceeds {limit} bytes",
+            "type": f"/problems/{title.lower().replace(' ', '-')}",
+            "title": title,
+            "status": status,
+            "detail": detail,
             "instance": path,
-            "field": "body",
+            "field": field,
         }
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),

@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from revhpo.service.db import StorageError
+from revhpo.service.schemas import DocumentError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,14 @@ class ProblemError(Exception):
         )
 
 
+MAX_ERRORS = 50  # errors listed in one problem document (a hostile body can have 100000)
+
+
 def pydantic_errors(errs: list[dict[str, Any]], skip_root: int = 0) -> list[dict[str, Any]]:
-    """Pydantic errors as `{field, message, received}` (`received` only when JSON-able)."""
+    """Pydantic errors as `{field, message, received}` (`received` only when JSON-able); the
+    first `MAX_ERRORS`."""
     out = []
-    for e in errs:
+    for e in errs[:MAX_ERRORS]:
         loc = [str(p) for p in e.get("loc", ())][skip_root:]
         item: dict[str, Any] = {"field": ".".join(loc) or "body", "message": e.get("msg", "")}
         value = e.get("input")
@@ -73,6 +79,19 @@ def pydantic_errors(errs: list[dict[str, Any]], skip_root: int = 0) -> list[dict
             item["received"] = value if not isinstance(value, str) else value[:200]
         out.append(item)
     return out
+
+
+def document_problem(exc: DocumentError, title: str = "Invalid request") -> ProblemError:
+    """The 422 (413 for a document over its size bounds) answering a `DocumentError`."""
+    status = 413 if exc.too_large else 422
+    received = exc.received if isinstance(exc.received, str | int | float | bool) else None
+    return ProblemError(
+        status,
+        "Request too large" if status == 413 else title,
+        f"{exc.field}: {exc.message}. Received: {exc.received!r}",
+        field=exc.field,
+        errors=[{"field": exc.field, "message": exc.message, "received": received}],
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -101,9 +120,20 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         return ProblemError(exc.status_code, title, detail, headers=exc.headers).response(request)
 
+    @app.exception_handler(DocumentError)
+    async def _document(request: Request, exc: DocumentError) -> JSONResponse:
+        return document_problem(exc).response(request)
+
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:
         log.warning("storage error on %s: %s", request.url.path, exc)
+        if isinstance(exc.__cause__, DataError):
+            # A value the database cannot store (e.g. a NUL character in PostgreSQL text, a
+            # number out of range): the request's fault, not the server's.
+            orig = str(getattr(exc.__cause__, "orig", exc.__cause__)).splitlines()[0]
+            return ProblemError(
+                422, "Invalid request", f"the database refused a value of this request: {orig}"
+            ).response(request)
         status = 503 if exc.transient else 500
         return ProblemError(
             status,
