@@ -8,7 +8,8 @@ Subcommands (each prints its figures as Markdown and JSON; loopback traffic only
           re-queues on the database clock -> claimed again).
   load    submit and status latency (p50/p99) at a fixed open-loop rate, then claims/s.
   owners  cross-owner access attempts (another owner's jobs and data): all must be refused.
-  fuzz    schemathesis against the published OpenAPI document: no 5xx. Needs schemathesis,
+  fuzz    schemathesis against the published OpenAPI document: no 5xx, every response's
+          content type declared. Needs schemathesis,
           which is not a dependency of the project:  .venv/bin/pip install schemathesis
 
 Backends: --backend sqlite (a fresh file) or postgres (a fresh schema at $REVHPO_TEST_PG_URL,
@@ -421,7 +422,8 @@ def owners(args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- fuzz
 def fuzz(args: argparse.Namespace) -> dict:
-    """schemathesis over the OpenAPI document; fails on any 5xx."""
+    """schemathesis over the OpenAPI document; fails on any 5xx or on a response whose
+    content type the document does not declare (errors: application/problem+json)."""
     exe = shutil_which("schemathesis") or shutil_which("st")
     if exe is None:
         raise SystemExit("schemathesis not installed: .venv/bin/pip install schemathesis")
@@ -432,7 +434,7 @@ def fuzz(args: argparse.Namespace) -> dict:
                 "run",
                 f"{base}/openapi.json",
                 "--checks",
-                "not_a_server_error",
+                "not_a_server_error,content_type_conformance",
                 "--max-examples",
                 str(args.examples),
                 "--workers",

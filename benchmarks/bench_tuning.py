@@ -455,7 +455,8 @@ def test_losses(scorer: Any, w: Sequence[Any], mean: float) -> np.ndarray:
 def example_se(a: dict, b: dict) -> float:
     """Standard error of the ``a − b`` test-loss difference from the test set's finite size:
     over test examples, of each example's seed-averaged loss difference."""
-    pa, pb = np.asarray(a["test_loss_per_example"]), np.asarray(b["test_loss_per_example"])
+    pa = np.asarray(a.get("test_loss_per_example", []))
+    pb = np.asarray(b.get("test_loss_per_example", []))
     if len(pa) < 2 or len(pa) != len(pb):
         return math.nan
     return float(np.std(pa - pb, ddof=1) / math.sqrt(len(pa)))

@@ -122,7 +122,9 @@ def test_verdicts_on_paired_differences():
     }
     c = bt.compare(evals)
     assert c["best_baseline"] == "grid"
-    assert c["diff_vs_best_baseline"]["grid"] == {"mean": 0.0, "se": 0.0, "n": 4}
+    grid = c["diff_vs_best_baseline"]["grid"]
+    assert {k: grid[k] for k in ("mean", "se", "n")} == {"mean": 0.0, "se": 0.0, "n": 4}
+    assert math.isnan(grid["se_examples"])  # no per-example losses in these evaluations
     assert c["diff_vs_best_baseline"]["random"]["n"] == 3  # the diverged seed is not paired
     d = c["diff_vs_best_baseline"]["revhpo"]
     assert math.isclose(d["mean"], -0.1) and d["se"] < 1e-12
@@ -208,7 +210,18 @@ def test_paired_differences_and_best_baseline(tiny):
     ev, comp = result["evaluation"], result["comparison"]
     best = comp["best_baseline"]
     assert best == min(bt.BASELINES, key=lambda m: ev[m]["test_loss"])
-    assert comp["diff_vs_best_baseline"][best] == {"mean": 0.0, "se": 0.0, "n": 2}
+    assert comp["diff_vs_best_baseline"][best] == {
+        "mean": 0.0,
+        "se": 0.0,
+        "n": 2,
+        "se_examples": 0.0,
+    }
+    for m in ev:  # each example's seed-averaged test loss averages to the method's test loss
+        if ev[m]["diverged"] == ev[m]["n"]:
+            continue
+        per_example = ev[m]["test_loss_per_example"]
+        assert len(per_example) == 400
+        assert math.isclose(np.mean(per_example), ev[m]["test_loss"], rel_tol=1e-9)
     d = [
         a["test_loss"] - b["test_loss"]
         for a, b in zip(ev["revhpo"]["per_seed"], ev[best]["per_seed"], strict=True)
