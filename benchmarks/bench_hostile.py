@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-from bench_service import SHORT_JOB, database, env_for, free_port, pct  # noqa: E402
+from bench_service import SHORT_JOB, api_process, database, pct  # noqa: E402
 
 _LOL = "\n".join(
     [
@@ -75,33 +74,8 @@ BOMBS: list[tuple[str, str, bytes]] = [
 @contextmanager
 def api_server(url: str, home: Path, **extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real API server (`python -m revhpo.service.api`); yields (base URL, process)."""
-    port = free_port()
-    env = env_for(url, home, port, **extra)
-    home.mkdir(parents=True, exist_ok=True)
-    log = open(home / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "revhpo.service.api"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "server.log").read_text()[-2000:])
-            time.sleep(0.2)
+    with api_process(url, home, **extra) as (base, _, proc):
         yield base, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -111,6 +111,14 @@ def env_for(url: str, home: Path, port: int, **extra: str) -> dict[str, str]:
 @contextmanager
 def server(url: str, home: Path, **extra: str):
     """A real API server (uvicorn subprocess); yields (base URL, env)."""
+    with api_process(url, home, **extra) as (base, env, _):
+        yield base, env
+
+
+@contextmanager
+def api_process(url: str, home: Path, **extra: str):
+    """A real API server (uvicorn subprocess) ready on /healthz; yields (base URL, env,
+    process); stopped with SIGTERM on exit."""
     port = free_port()
     env = env_for(url, home, port, **extra)
     home.mkdir(parents=True, exist_ok=True)
@@ -130,7 +138,7 @@ def server(url: str, home: Path, **extra: str):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((home / "server.log").read_text()[-2000:])
             time.sleep(0.2)
-        yield base, env
+        yield base, env, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
