@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: run test test-fast lint fmt bench venv clean
+.PHONY: run test test-fast lint fmt bench venv clean browser
 
 venv: $(VENV)/.installed
 
@@ -16,10 +16,20 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# Debian's Chromium for the dashboard's real-browser tests (tests/browser). Installed when missing;
+# only when it truly cannot be installed (no apt-get, no root) do those tests skip, with a message.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1 && { \
+	  command -v chromium >/dev/null 2>&1 || $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: the browser tests will skip"; } || \
+	  echo "no apt-get: install Chromium yourself for the browser tests (they skip without it)"
+
 run: venv
 	$(VENV)/bin/revhpo demo
 
-test: venv lint
+test: venv lint browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The fast tier (about 2 minutes): everything not marked `slow` (long exactness runs,
