@@ -46,7 +46,8 @@ def _add_api_and_token(p: argparse.ArgumentParser, token_help: str) -> None:
     p.add_argument("--token", default=None, help=token_help)
 
 
-def _add_client_args(p: argparse.ArgumentParser) -> None:
+def add_client_arguments(p: argparse.ArgumentParser) -> None:
+    """``--api``, ``--token``, ``--timeout`` and ``--retries`` of the API's client commands."""
     _add_api_and_token(
         p, "API key; default: $REVHPO_TOKEN, else none (anonymous, loopback servers only)"
     )
@@ -102,7 +103,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace) -> Client:
+def client_from_args(args: argparse.Namespace) -> Client:
+    """The API client that ``add_client_arguments``' options name."""
     from revhpo.service.client import Client
 
     if not getattr(args, "verbose", False):  # one line for the final error; -v shows retries
@@ -160,7 +162,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"revhpo submit: spec file not found. Received: {args.spec!r}", file=sys.stderr)
         return EXIT_USAGE
-    with _client(args) as c:
+    with client_from_args(args) as c:
         job = c.submit(path, idempotency_key=args.idempotency_key)
         print(job["id"], flush=True)
         if not args.wait:
@@ -201,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """`revhpo status ID`."""
     from revhpo.service.progress import format_event
 
-    with _client(args) as c:
+    with client_from_args(args) as c:
         job = c.get(args.id)
     if args.json:
         print(json.dumps(job, indent=2))
@@ -218,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 @_api_command
 def cmd_result(args: argparse.Namespace) -> int:
     """`revhpo result ID [--out DIR] [--json]`."""
-    with _client(args) as c:
+    with client_from_args(args) as c:
         job = c.get(args.id)
         if args.json and job["state"] == "succeeded":
             print(json.dumps(c.result(args.id), indent=2))
@@ -229,7 +231,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 @_api_command
 def cmd_cancel(args: argparse.Namespace) -> int:
     """`revhpo cancel ID`."""
-    with _client(args) as c:
+    with client_from_args(args) as c:
         job = c.cancel(args.id)
     note = " (stops at its next meta-iteration)" if job["state"] == "running" else ""
     print(f"{job['id']}  {job['state']}{note}")
@@ -239,7 +241,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 @_api_command
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`revhpo jobs [--state S] [--limit N] [--all]`."""
-    with _client(args) as c:
+    with client_from_args(args) as c:
         cursor = None
         while True:
             page = c.list(args.state, limit=args.limit, cursor=cursor)
@@ -657,7 +659,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="a replay with the same key returns the same job; default: a fresh key",
     )
-    _add_client_args(p)
+    add_client_arguments(p)
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser(
@@ -665,7 +667,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("id", help="the job's id (as `submit` printed it)")
     p.add_argument("--json", action="store_true", help="print the whole job document")
-    _add_client_args(p)
+    add_client_arguments(p)
     p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser(
@@ -679,7 +681,7 @@ def register(subparsers: Any) -> None:
         "--out", default=None, help="download result.json and the plots into this directory"
     )
     p.add_argument("--json", action="store_true", help="print the whole result document")
-    _add_client_args(p)
+    add_client_arguments(p)
     p.set_defaults(func=cmd_result)
 
     p = subparsers.add_parser(
@@ -688,7 +690,7 @@ def register(subparsers: Any) -> None:
         description="Cancel a job: a queued one at once, a running one at its next meta-iteration.",
     )
     p.add_argument("id", help="the job's id")
-    _add_client_args(p)
+    add_client_arguments(p)
     p.set_defaults(func=cmd_cancel)
 
     p = subparsers.add_parser(
@@ -702,7 +704,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=20, help="jobs per page")
     p.add_argument("--all", action="store_true", help="follow the cursor through every page")
-    _add_client_args(p)
+    add_client_arguments(p)
     p.set_defaults(func=cmd_jobs)
 
     keys = subparsers.add_parser(

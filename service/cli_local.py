@@ -1,10 +1,11 @@
 """``revhpo tune SPEC --out DIR``: run a tuning job locally with a progress display;
-``revhpo export RUN``: its tuned schedules in json, csv or npz."""
+``revhpo export RUN|JOB_ID``: its tuned schedules in json, csv or npz."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 __all__ = ["register", "run_export", "run_tune"]
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # the API's job ids (uuid4, hex)
 
 
 def register(subparsers: Any) -> None:
@@ -54,11 +56,12 @@ def register(subparsers: Any) -> None:
         help="export a run's tuned schedules (json, keras, csv, npz)",
         description="Write the tuned learning rates, momentum decays, weight decays and init "
         "scales of a finished run with named axes (step, layer) and the training convention "
-        "they were tuned under. RUN is a run directory (revhpo tune --out) or a result.json "
-        "(e.g. saved from `revhpo result JOB_ID`). The keras format is the JSON that "
-        "revhpo.keras.ScheduledMomentum reads.",
+        "they were tuned under. RUN is a run directory (revhpo tune --out) or a result.json; "
+        "a job id (32 hex digits) that is not a file names a succeeded job of the API "
+        "(--api, --token). The keras format is the JSON that revhpo.keras.ScheduledMomentum "
+        "reads.",
     )
-    e.add_argument("run", help="run directory or result.json")
+    e.add_argument("run", metavar="RUN|JOB_ID", help="run directory, result.json or job id")
     e.add_argument(
         "--format",
         "-f",
@@ -76,6 +79,9 @@ def register(subparsers: Any) -> None:
     e.add_argument(
         "--out", "-o", default=None, help="output file; default: standard output (not npz)"
     )
+    from revhpo.service.cli_client import add_client_arguments
+
+    add_client_arguments(e)
     e.set_defaults(func=run_export)
 
 
@@ -194,10 +200,21 @@ def _first_line(exc: BaseException) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``revhpo export``; returns the exit status (TensorFlow is not imported)."""
-    from revhpo.export import ExportError, load_schedules
+    from revhpo.export import ExportError, TunedSchedules, load_schedules
 
     try:
-        schedules = load_schedules(args.run, which=args.which)
+        if Path(args.run).exists() or not JOB_ID.fullmatch(args.run):
+            schedules = load_schedules(args.run, which=args.which)
+        else:  # a job of the API: its schedules travel as the json export
+            from revhpo.service.cli_client import EXIT_FAILED, client_from_args
+            from revhpo.service.client import ClientError
+
+            try:
+                body = client_from_args(args).export(args.run, "json", args.which)
+            except ClientError as exc:
+                print(f"revhpo export: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            schedules = TunedSchedules.from_dict(json.loads(body))
     except ExportError as exc:
         print(f"revhpo export: {exc}", file=sys.stderr)
         return EXIT_USAGE

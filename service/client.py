@@ -427,6 +427,18 @@ class Client:
         """
         return self._json("GET", f"/v1/jobs/{job_id}/result")
 
+    def export(self, job_id: str, fmt: str = "json", which: str = "final") -> bytes:
+        """The tuned schedules of a succeeded job with named axes, as ``revhpo export`` writes
+        them: ``fmt`` is json, keras, csv or npz; ``which`` is final, last, start or initial.
+
+        Raises:
+            ApiError: 409 when the job has not succeeded or its result holds no schedules.
+        """
+        resp = self.request(
+            "GET", f"/v1/jobs/{job_id}/result", params={"format": fmt, "which": which}
+        )
+        return resp.content
+
     def artifacts(self, job_id: str) -> builtins.list[dict[str, str]]:
         """The files of a succeeded job: ``[{"name": ..., "url": ...}, ...]``."""
         return self.result(job_id)["artifacts"]

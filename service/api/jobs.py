@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import yaml
@@ -388,23 +388,79 @@ def cancel_job(job_id: str, principal: PrincipalDep, engine: EngineDep) -> JobPu
         raise _not_found(job_id) from exc
 
 
+EXPORT_MEDIA = {
+    "json": "application/json",
+    "keras": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "npz": "application/octet-stream",
+}
+
+
 @router.get(
     "/{job_id}/result",
     response_model=JobResult,
-    responses={**PROBLEMS, 409: {"model": Problem, "description": "job not succeeded"}},
-    summary="The result of a succeeded job",
+    responses={
+        **PROBLEMS,
+        200: {
+            "description": "the result document; with `format`, the tuned schedules in it",
+            "content": {media: {} for media in {*EXPORT_MEDIA.values(), "application/json"}},
+        },
+        409: {"model": Problem, "description": "job not succeeded, or nothing to export"},
+    },
+    summary="The result of a succeeded job (or its tuned schedules with `format`)",
 )
-def get_result(job_id: str, principal: PrincipalDep, session: ReadSessionDep) -> JobResult:
-    """The result document (`result.json` of the tuning run) and links to its plots."""
+def get_result(
+    job_id: str,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    format: Annotated[  # noqa: A002 (the query parameter's public name)
+        Literal["json", "keras", "csv", "npz"] | None,
+        Query(
+            description="export the tuned schedules with named axes (step, layer) instead "
+            "of the whole document, as `revhpo export` does: json, keras (the JSON that "
+            "`revhpo.keras.ScheduledMomentum` reads), csv or npz"
+        ),
+    ] = None,
+    which: Annotated[
+        Literal["final", "last", "start", "initial"],
+        Query(description="with `format`: which iterate's hyperparameters"),
+    ] = "final",
+) -> Any:
+    """The result document (`result.json` of the tuning run) and links to its plots; with
+    `format`, the tuned α, γ, λ and init scales in that format."""
     job = _owned_job(session, job_id, principal.owner)
     if job.state != JobState.succeeded.value:
         detail = f"job is {job.state}" + (f": {job.error}" if job.error else "")
         raise ProblemError(409, "No result", detail, field="state")
+    if format is not None:
+        return _export(job, format, which)
     links = [
         {"name": rel.split("/")[-1], "url": f"/v1/jobs/{job.id}/artifacts/{rel.split('/')[-1]}"}
         for rel in job.artifacts
     ]
     return JobResult(job_id=job.id, result=job.result or {}, artifacts=links)
+
+
+def _export(job: Job, fmt: str, which: str) -> Response:
+    """The tuned schedules of ``job`` in ``fmt`` (409 problem when the result holds none)."""
+    from revhpo.export import ExportError, load_schedules
+
+    try:
+        schedules = load_schedules(job.result or {}, which=which)
+    except ExportError as exc:
+        raise ProblemError(409, "Nothing to export", str(exc), field="format") from exc
+    if fmt == "npz":
+        body = schedules.to_npz_bytes()
+    elif fmt == "csv":
+        body = schedules.to_csv().encode()
+    else:
+        body = json.dumps(schedules.to_dict(), indent=1).encode()
+    filename = f"{job.id}-{which}.{'json' if fmt == 'keras' else fmt}"
+    return Response(
+        body,
+        media_type=EXPORT_MEDIA[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.get(

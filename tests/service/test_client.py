@@ -281,6 +281,74 @@ def test_worker_protocol_result_artifacts_and_events(own_server, tmp_path):
     c.close()
 
 
+def _schedules_result(steps: int = 5, layers: tuple[str, ...] = ("dense0", "dense1")) -> dict:
+    """A result document in `result.json`'s shape with distinct per-step, per-layer values."""
+    rng = np.random.default_rng(1)
+
+    def group(granularity: str, lo: float, hi: float) -> dict:
+        table = rng.uniform(lo, hi, size=(steps, len(layers)))
+        return {"granularity": granularity, "per_step_per_layer": table.tolist()}
+
+    final = {
+        "learning_rate": group("per_layer_knots", 0.05, 0.5),
+        "momentum": group("per_step", 0.5, 0.95),
+        "weight_decay": group("per_layer", 0.0, 0.01),
+        "init_scale": {"granularity": "per_layer", "value": [0.9, 1.1]},
+    }
+    return {
+        "spec": {"name": "export-me", "training": {"steps": steps}},
+        "net": {"layer_names": list(layers)},
+        "hyperparameters": {"final": final, "last": final},
+        "selection": {"iteration": 4},
+    }
+
+
+def test_result_exported_in_every_format_over_http_and_by_the_cli(own_server, tmp_path, capsys):
+    from revhpo.service.cli import main
+
+    from revhpo.export import load_schedules
+
+    c = Client(own_server.url)
+    w = Client(own_server.url, _key(own_server, "pool", worker=True)).worker
+    doc = _schedules_result()
+    jid = c.submit(tiny_spec())["id"]
+    claim = w.claim("w1")
+    with pytest.raises(ApiError) as err:  # not succeeded yet: nothing to export
+        c.export(jid, "csv")
+    assert err.value.status == 409 and err.value.field == "state"
+    w.complete(jid, claim["token"], doc)
+
+    local = load_schedules(doc)
+    assert c.export(jid, "csv").decode() == local.to_csv()
+    with np.load(io.BytesIO(c.export(jid, "npz"))) as z:
+        np.testing.assert_array_equal(z["learning_rate"], local.learning_rate)
+        np.testing.assert_array_equal(z["weight_decay"], local.weight_decay)
+    for fmt in ("json", "keras"):
+        assert json.loads(c.export(jid, fmt)) == local.to_dict()
+    assert json.loads(c.export(jid, "json", which="last"))["source"]["which"] == "last"
+    resp = c.request("GET", f"/v1/jobs/{jid}/result", params={"format": "npz"})
+    assert resp.headers["content-disposition"] == f'attachment; filename="{jid}-final.npz"'
+    for bad in ({"format": "xls"}, {"format": "csv", "which": "best"}):
+        with pytest.raises(ApiError) as err:
+            c.request("GET", f"/v1/jobs/{jid}/result", params=bad)
+        assert err.value.status == 422
+    with pytest.raises(ApiError) as err:  # no such iterate in this result
+        c.export(jid, "json", which="start")
+    assert err.value.status == 409 and "hyperparameters.start" in err.value.detail
+
+    # `revhpo export JOB_ID` through the API prints what the local export of the same
+    # document prints; another owner's job is not found.
+    (tmp_path / "result.json").write_text(json.dumps(doc))
+    assert main(["export", str(tmp_path / "result.json"), "-f", "csv"]) == 0
+    by_file = capsys.readouterr().out
+    assert main(["export", jid, "-f", "csv", "--api", own_server.url]) == 0
+    assert capsys.readouterr().out == by_file
+    other = _key(own_server, "someone-else")
+    assert main(["export", jid, "--api", own_server.url, "--token", other]) == 1
+    assert "404" in capsys.readouterr().err
+    c.close()
+
+
 def test_checkpoint_handed_to_the_next_attempt(own_server, tmp_path):
     pool = Client(own_server.url, _key(own_server, "pool", worker=True))
     with Client(own_server.url) as c, pool:
