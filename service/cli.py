@@ -1,6 +1,6 @@
 """The `revhpo` command line: one entry point, subcommands registered by their modules.
 
-Contract (command names): tune, verify, bench, serve, worker, submit, status, result, cancel,
+Contract (command names): tune, verify, bench, sim, serve, worker, submit, status, result, cancel,
 jobs, keys create (plus `demo`, the README's main job).
 
 Nothing here, nor in the modules' ``register`` functions, imports TensorFlow: ``revhpo --help``,
@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from revhpo.service.logs import configure_logging
 
 from revhpo.runtime import __version__
 
@@ -25,7 +28,7 @@ __all__ = ["EPILOG", "HelpFormatter", "build_parser", "main"]
 # as `func` on its parser and called with the parsed namespace; it returns an exit status.
 _COMMAND_MODULES = (
     "revhpo.service.cli_local",  # tune, export
-    "revhpo.service.cli_numerics",  # verify, bench
+    "revhpo.service.cli_numerics",  # verify, bench, sim
     "revhpo.service.cli_client",  # serve, worker, submit, status, result, cancel, jobs, keys, demo
 )
 
@@ -72,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"revhpo {__version__}", help="print the version"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text or JSON objects (with job_id, attempt, worker); "
+        "default: $REVHPO_LOG_FORMAT, else text. Passed on to the workers and jobs started",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
@@ -91,11 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if args.log_format:  # child processes (workers, API, jobs) inherit it
+        os.environ["REVHPO_LOG_FORMAT"] = args.log_format
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import httpx
 import tenacity
 from httpx_sse import SSEError, connect_sse
+from revhpo.service.logs import context_headers
 
 from revhpo.runtime import __version__
 
@@ -332,6 +333,9 @@ class Client:
     def _send_once(
         self, method: str, path: str, statuses: tuple[int, ...], kwargs: dict[str, Any]
     ) -> httpx.Response:
+        headers = context_headers()  # a worker's name and attempt, for the API's logs
+        if headers:
+            kwargs = {**kwargs, "headers": {**headers, **(kwargs.get("headers") or {})}}
         resp = self._http.request(method, path, **kwargs)
         if resp.status_code in statuses:
             raise _RetryableStatus(resp)

@@ -40,6 +40,15 @@ from typing import Any
 
 from revhpo.service.cli_client import WORKER_DESCRIPTION, WORKER_EPILOG, add_worker_arguments
 from revhpo.service.client import ApiError, Client, ClientError, LeaseLostError
+from revhpo.service.logs import (
+    configure_logging,
+    context_thread,
+    env_for_child,
+    forward_lines,
+    json_logs,
+    log_context,
+    set_process_context,
+)
 from revhpo.service.worker_child import ERROR_FILE, EXIT_CANCELLED, EXIT_OK
 
 from revhpo.runtime import quiet_tensorflow
@@ -149,6 +158,7 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         """Claim and run jobs until drained (or `max_jobs`); returns an exit status."""
+        set_process_context(worker=self.name)
         log.info("worker %s polling %s", self.name, self.client.base_url)
         try:
             while not self.draining.is_set():
@@ -195,6 +205,10 @@ class Worker:
 
     def run_job(self, claim: dict[str, Any]) -> str:
         """Run one claimed job to its end; returns what happened (for logs and tests)."""
+        with log_context(job_id=claim["job_id"], attempt=claim["attempt"], worker=self.name):
+            return self._run_job(claim)
+
+    def _run_job(self, claim: dict[str, Any]) -> str:
         job_id, token = claim["job_id"], claim["token"]
         out_dir = self.work_dir / job_id / f"attempt-{claim['attempt']}-{token[:8]}"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,9 +217,10 @@ class Worker:
         if self.draining.is_set():
             att.request_stop()
         log.info("job %s attempt %d: start", job_id, att.attempt)
-        hb = threading.Thread(
-            target=self._heartbeat_loop,
-            args=(att, float(claim.get("heartbeat_seconds", 5.0))),
+        hb = context_thread(
+            self._heartbeat_loop,
+            att,
+            float(claim.get("heartbeat_seconds", 5.0)),
             name=f"heartbeat-{job_id[:8]}",
             daemon=True,
         )
@@ -257,12 +272,21 @@ class Worker:
         ]
         if att.lost.is_set():
             return "lease_lost"
-        att.proc = subprocess.Popen(cmd, pass_fds=(w_fd,), start_new_session=True)
-        os.close(w_fd)
-        reader = threading.Thread(
-            target=self._read_events, args=(att, r_fd), name="events", daemon=True
+        structured = json_logs()  # then the job's stderr becomes log lines of this worker
+        att.proc = subprocess.Popen(
+            cmd,
+            pass_fds=(w_fd,),
+            start_new_session=True,
+            env={**os.environ, **env_for_child()},
+            stderr=subprocess.PIPE if structured else None,
         )
+        os.close(w_fd)
+        reader = context_thread(self._read_events, att, r_fd, name="events", daemon=True)
         reader.start()
+        stderr = None
+        if structured:
+            stderr = context_thread(forward_lines, att.proc.stderr, name="stderr", daemon=True)
+            stderr.start()
         deadline: float | None = None
         while True:
             try:
@@ -281,6 +305,8 @@ class Worker:
                     )
                     att.kill()
         reader.join(timeout=30)
+        if stderr is not None:
+            stderr.join(timeout=30)
         self._flush_events(att)
         if att.lost.is_set():
             return "lease_lost"
@@ -421,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_worker_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     return run_from_args(args)
 
 

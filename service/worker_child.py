@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events-fd", type=int, required=True)
     p.add_argument("--parent-pid", type=int, default=None)
     args = p.parse_args(argv)
+    from revhpo.service.logs import configure_logging
+
+    configure_logging()  # the job id, attempt and worker come from the environment
     die_with_parent()
     if args.parent_pid is not None and os.getppid() != args.parent_pid:
         return EXIT_FAILED  # the worker died before we armed PDEATHSIG
@@ -68,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         from revhpo.runtime import import_tensorflow
 
         import_tensorflow()  # quietly: the job's log is the user's, not TensorFlow's start-up
-        from revhpo.service.tuning import Cancelled, tune
+        from revhpo.service.tuning import CHECKPOINT_FILE, Cancelled, tune
     except Exception as exc:  # noqa: BLE001 (a broken install fails the job, with the reason)
         write_error(exc)
         return EXIT_FAILED
     try:
         spec = json.loads(args.spec.read_text(encoding="utf-8"))
+        logging.getLogger("revhpo.service.worker_child").info(
+            "job process %d: tuning %r (resume: %s)",
+            os.getpid(),
+            spec.get("name"),
+            (args.out_dir / CHECKPOINT_FILE).exists(),
+        )
         tune(  # writes result.json and the plots into out_dir
             spec,
             out_dir=args.out_dir,

@@ -1,11 +1,8 @@
 """`python -m revhpo.service.api`: serve the API with the settings from the environment."""
 
-import logging
-
 from revhpo.service.api.server import serve
+from revhpo.service.logs import configure_logging
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     serve()

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from revhpo.service import queue
 from revhpo.service.artifacts import ArtifactStore
 from revhpo.service.db import get_engine, session_scope
+from revhpo.service.logs import LogContextMiddleware
 from revhpo.service.metrics import MetricsMiddleware, ServiceMetrics, metrics_router
 from revhpo.service.schemas import Health, Problem
 from revhpo.service.settings import Settings, get_settings
@@ -62,7 +63,13 @@ class Reaper(threading.Thread):
                 backoff_max_seconds=self.settings.backoff_max_seconds,
             )
         for r in reaped:
-            log.warning("lease expired: job %s attempt %d -> %s", r.job_id, r.attempts, r.state)
+            log.warning(
+                "lease expired: job %s attempt %d -> %s",
+                r.job_id,
+                r.attempts,
+                r.state,
+                extra={"job_id": r.job_id, "attempt": r.attempts},
+            )
         return reaped
 
     def run(self) -> None:
@@ -155,6 +162,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     problems.install(app)
     app.state.metrics = metrics = ServiceMetrics(engine)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(LogContextMiddleware)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(InputGuardMiddleware)  # outermost: before any body is read
     app.include_router(health_router)

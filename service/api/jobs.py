@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ from .limits import dataset_shape, job_cost, load_yaml
 from .problems import ProblemError, document_problem, pydantic_errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
 
 PROBLEMS = {
     401: {"model": Problem, "description": "missing or unknown API key"},
@@ -319,6 +321,8 @@ async def create_job(
         _submit, engine, settings, principal, spec, canonical, idempotency_key
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if created:
+        log.info("submitted by %r", principal.owner, extra={"job_id": job.id})
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job
@@ -381,11 +385,13 @@ def cancel_job(job_id: str, principal: PrincipalDep, engine: EngineDep) -> JobPu
     """A queued job is cancelled at once; a running one stops within one meta-iteration."""
     try:
         with session_scope(engine) as session:
-            return JobPublic.from_row(
+            job = JobPublic.from_row(
                 queue.request_cancel(session, job_id=job_id, owner=principal.owner)
             )
     except queue.NotFound as exc:
         raise _not_found(job_id) from exc
+    log.info("cancel requested by %r (job %s)", principal.owner, job.state.value)
+    return job
 
 
 EXPORT_MEDIA = {

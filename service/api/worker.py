@@ -12,6 +12,7 @@ uploaded `result.json` as the result document. (A `result` in the body, which mu
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from fastapi.responses import FileResponse
 from revhpo.service import queue
 from revhpo.service.artifacts import ArtifactStore, TooLarge, attempt_dir, file_response, safe_name
 from revhpo.service.db import session_scope
+from revhpo.service.logs import safe_label
 from revhpo.service.models import Dataset
 from revhpo.service.schemas import (
     ClaimRequest,
@@ -42,6 +44,7 @@ from .deps import EngineDep, ReadSessionDep, SettingsDep, StoreDep, WorkerDep
 from .problems import ProblemError
 
 router = APIRouter(prefix="/v1/worker", tags=["worker"])
+log = logging.getLogger(__name__)
 
 RESPONSES = {
     401: {"model": Problem},
@@ -93,6 +96,12 @@ def claim(
         c = queue.claim(session, worker=body.worker[:200], lease_seconds=settings.lease_seconds)
     if c is None:
         return Response(status_code=204)
+    log.info(
+        "claimed by %r (attempt %d)",
+        body.worker[:200],
+        c.attempt,
+        extra={"job_id": c.job_id, "attempt": c.attempt, "worker": safe_label(body.worker)},
+    )
     return ClaimResponse(
         job_id=c.job_id,
         token=c.token,
@@ -258,9 +267,23 @@ def get_dataset(
     return file_response(store.root / row.path, f"{row.id}.{row.format}")
 
 
+_FINISHED = {
+    "complete": "attempt succeeded",
+    "fail": "attempt failed",
+    "mark_cancelled": "attempt stopped on a cancel request",
+    "release": "attempt handed back; queued again",
+}
+
+
 def _finish_call(engine, fn, job_id: str, **kw) -> Response:  # noqa: ANN001
     """Run `fn(session, job_id=..., **kw)` in its own committed transaction."""
     _lease_call(engine, fn, job_id, **kw)
+    what = _FINISHED.get(fn.__name__, fn.__name__)
+    if fn is queue.fail:
+        retry = "retryable" if kw.get("retryable") else "not retryable"
+        log.warning("%s (%s): %r", what, retry, str(kw.get("reason"))[:500])
+    else:
+        log.info("%s", what)
     return Response(status_code=204)
 
 
