@@ -49,6 +49,12 @@ def register(subparsers: Any) -> None:
         help="override meta.iterations; default: the spec's",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into OUT/tensorboard (as the spec's "
+        "`tensorboard: true` does); view with `tensorboard --logdir OUT`",
+    )
     p.set_defaults(func=run_tune)
 
     e = subparsers.add_parser(
@@ -127,6 +133,7 @@ def run_tune(args: argparse.Namespace) -> int:
             callback=progress,
             resume=not args.no_resume,
             dataset_dir=args.dataset_dir,
+            tensorboard=True if args.tensorboard else None,
         )
     except CheckpointError as exc:
         _close(progress)

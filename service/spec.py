@@ -370,6 +370,12 @@ class JobSpec(_Model):
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
     meta: MetaSpec = Field(default_factory=MetaSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    tensorboard: bool = Field(
+        False,
+        description="also write TensorBoard event files (validation and selection losses per "
+        "meta-iteration, the returned schedules per layer, training curves); a job's event "
+        "file is one of its artifacts",
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod

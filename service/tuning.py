@@ -36,6 +36,7 @@ from revhpo.optimizers import (
 from revhpo.service.data import Dataset, load_dataset
 from revhpo.service.results import TuneResult, load_checkpoint, save_checkpoint
 from revhpo.service.spec import JobSpec, SpecError, load_spec
+from revhpo.service.tensorboard import TensorBoardLog
 
 from revhpo.runtime import __version__
 
@@ -74,6 +75,14 @@ def _build_net(spec: JobSpec, data: Dataset) -> Any:
             f"{net.num_params * T} > {spec.limits.max_params_x_steps}. "
             f"Received: training.steps={T}, net={config}"
         )
+    if getattr(spec.net, "init", None) is not None:  # SIM initial weights (revhpo.nets.sim)
+        from revhpo.nets.sim import initialise
+
+        try:
+            net.sim_report = initialise(net, data.x_train, data.y_train, data.x_val, data.y_val)
+        except ValueError as exc:
+            raise SpecError(f"net.init.sim: {exc}") from exc
+        log.info("SIM initial weights: %s", net.sim_report["accuracy"])
     return net
 
 
@@ -142,8 +151,9 @@ def tuner_config(spec: JobSpec) -> TunerConfig:
 
 
 def spec_hash(spec: JobSpec) -> str:
-    """Hash of everything that determines the run's result (not the limits or the name)."""
-    doc = spec.model_dump(mode="json", exclude={"limits", "name"})
+    """Hash of everything that determines the run's result (not the limits, the name or the
+    outputs asked for)."""
+    doc = spec.model_dump(mode="json", exclude={"limits", "name", "tensorboard"})
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -160,6 +170,7 @@ def tune(
     resume: bool = True,
     dataset_dir: Path | str | None = None,
     problem: TuningProblem | None = None,
+    tensorboard: bool | None = None,
 ) -> TuneResult:
     """Run a tuning job; checkpoint after every meta-iteration; write results and plots.
 
@@ -173,6 +184,8 @@ def tune(
         dataset_dir: where uploaded dataset ids and relative paths are resolved.
         problem: the spec's problem when the caller already built it (its compiled steps are
             reused); default: built here.
+        tensorboard: write TensorBoard event files into ``out_dir/tensorboard`` (see
+            :mod:`revhpo.service.tensorboard`); default: the spec's ``tensorboard``.
 
     Returns:
         The :class:`TuneResult` (also written to ``out_dir/result.json``).
@@ -194,9 +207,14 @@ def tune(
         state = load_checkpoint(ckpt, config.meta_optimizer(), tag=tag)
         log.info("resuming from %s at meta-iteration %d", ckpt, state.iteration)
     problem = problem or build_problem(spec, Path(dataset_dir) if dataset_dir else None)
+    tb = TensorBoardLog(out) if (spec.tensorboard if tensorboard is None else tensorboard) else None
+    for rec in state.history if (tb and state) else []:  # a resumed run's earlier iterations
+        tb.meta(rec)
 
     def on_checkpoint(st: MetaState) -> None:
         save_checkpoint(ckpt, st, tag=tag)
+        if tb and st.history:
+            tb.meta(st.history[-1])
         emit({"type": "checkpoint", "path": str(ckpt)})
 
     tuner = Tuner(
@@ -207,6 +225,10 @@ def tune(
     from revhpo.service.plots import write_plots
 
     result.files["plots"] = write_plots(out, result.to_dict())
+    if tb:
+        tb.final(result.to_dict())
+        tb.close()
+        result.files["tensorboard"] = [str(p.relative_to(out)) for p in tb.files()]
     result.write(out / RESULT_FILE)
     emit({"type": "done", "status": outcome.status, "result": str(out / RESULT_FILE)})
     return result

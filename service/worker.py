@@ -334,10 +334,12 @@ class Worker:
         over the upload limit fails the job for good (another attempt would make the same file).
         """
         result = json.loads((att.out_dir / RESULT_FILE).read_text(encoding="utf-8"))
-        files = [RESULT_FILE, *sorted((result.get("files") or {}).get("plots", {}).values())]
-        for name in files:
-            path = att.out_dir / name
-            if not path.is_file():
+        listed = result.get("files") or {}
+        files = [RESULT_FILE, *sorted(listed.get("plots", {}).values())]
+        files += [rel for rel in listed.get("tensorboard", []) if isinstance(rel, str)]
+        for rel in files:
+            path, name = att.out_dir / rel, Path(rel).name
+            if not path.is_file() or not path.resolve().is_relative_to(att.out_dir.resolve()):
                 continue
             try:
                 self.api.upload_artifact(att.job_id, att.token, path, name)
