@@ -57,6 +57,10 @@ def _spec_text(replace: tuple[str, str]) -> bytes:
     return json.dumps(SHORT_JOB).replace(*replace).encode()
 
 
+def _long_strings() -> bytes:
+    return ("x: [" + ",".join(["a" * 100] * 9_900) + "]\n").encode()
+
+
 BOMBS: list[tuple[str, str, bytes]] = [
     ("yaml alias bomb (9^9)", "application/yaml", YAML_BOMB.encode()),
     ("yaml 101 aliases", "application/yaml", b"a: &a 1\nb: [" + b"*a, " * 101 + b"1]\n"),
@@ -65,6 +69,9 @@ BOMBS: list[tuple[str, str, bytes]] = [
     ("yaml nested 500k deep (1 MiB)", "application/yaml", b"[" * 500_000 + b"]" * 500_000),
     ("yaml block nested 300k deep", "application/yaml", b"- " * 300_000 + b"1\n"),
     ("yaml 500k values (1 MiB)", "application/yaml", b"[" + b"1," * 500_000 + b"1]"),
+    ("json 500k values (1 MiB)", "application/json", b"[" + b"1," * 500_000 + b"1]"),
+    # not a bomb: the slowest body under the bounds to parse (refused by validation)
+    ("yaml 9,900 strings of 100 chars (1 MiB)", "application/yaml", _long_strings()),
     ("json NUL in name", "application/json", _spec_text(('"chaos"', '"a\\u0000b"'))),
     ("json 1e999 learning rate", "application/json", _spec_text(("0.1", "1e999"))),
     ("json NaN momentum", "application/json", _spec_text(("0.9", "NaN"))),

@@ -12,6 +12,9 @@ from revhpo.service.models import Dataset, Job, JobState
 # Bounds of every JSON or YAML document a request carries (after parsing, aliases expanded).
 DOC_MAX_DEPTH = 32  # nested objects and arrays
 DOC_MAX_NODES = 100_000  # values (objects, arrays, scalars), counting each alias expansion
+# A job spec's values: hundreds in any real spec; the bound keeps a hostile 1 MiB body's parse
+# (PyYAML composes in Python, ~5 µs a value) to tens of milliseconds before it is refused.
+SPEC_MAX_NODES = 10_000
 DOC_MAX_CHARS = 4 << 20  # characters of all strings and keys
 
 

@@ -22,6 +22,8 @@ from revhpo.service.auth import Principal
 from revhpo.service.db import StorageError, session_scope
 from revhpo.service.models import Dataset, Job, JobState
 from revhpo.service.schemas import (
+    DOC_MAX_NODES,
+    SPEC_MAX_NODES,
     DocumentError,
     JobDetail,
     JobPublic,
@@ -99,7 +101,7 @@ def _owned_job(session, job_id: str, owner: str) -> Job:  # noqa: ANN001
         raise _not_found(job_id) from exc
 
 
-def parse_document(raw: bytes, content_type: str) -> Any:
+def parse_document(raw: bytes, content_type: str, max_nodes: int = DOC_MAX_NODES) -> Any:
     """Parse a JSON or YAML request body, bounded (see `schemas.check_document`).
 
     YAML is composed by `limits.BoundedYamlLoader` (depth and aliases bounded while parsing);
@@ -120,8 +122,11 @@ def parse_document(raw: bytes, content_type: str) -> Any:
         )
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text) if ctype in ("", "application/json") else load_yaml(text)
-        check_document(data)
+        if ctype in ("", "application/json"):
+            data = json.loads(text)
+        else:
+            data = load_yaml(text, max_nodes)
+        check_document(data, max_nodes=max_nodes)
     except DocumentError as exc:
         raise document_problem(exc) from exc
     except RecursionError as exc:  # JSON nested deeper than the interpreter's stack
@@ -168,10 +173,10 @@ def _parse_spec(raw: bytes, content_type: str) -> tuple[JobSpec, dict[str, Any]]
     Runs in a worker thread: YAML parsing, validation and the canonical dump of a 1 MiB
     body take CPU seconds that must not stall the event loop.
     """
-    spec = validate_spec(parse_document(raw, content_type))
+    spec = validate_spec(parse_document(raw, content_type, SPEC_MAX_NODES))
     canonical = spec.model_dump(mode="json")
     try:  # defaults and coercions must not bring back what the parsed body could not hold
-        check_document(canonical)
+        check_document(canonical, max_nodes=SPEC_MAX_NODES)
     except DocumentError as exc:
         raise document_problem(exc, "Invalid job spec") from exc
     return spec, canonical

@@ -49,7 +49,7 @@ class BoundedYamlLoader(Composer, _EventParser, SafeConstructor, Resolver):
     after `DOC_MAX_NODES` visits instead of expanding to gigabytes.
     """
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, max_nodes: int = DOC_MAX_NODES):
         _EventParser.__init__(self, stream)
         Composer.__init__(self)
         SafeConstructor.__init__(self)
@@ -57,6 +57,7 @@ class BoundedYamlLoader(Composer, _EventParser, SafeConstructor, Resolver):
         self._depth = 0
         self._aliases = 0
         self._nodes = 0
+        self._max_nodes = max_nodes
 
     def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
         """Compose one node, refusing depth over `DOC_MAX_DEPTH` and too many aliases."""
@@ -71,11 +72,11 @@ class BoundedYamlLoader(Composer, _EventParser, SafeConstructor, Resolver):
                 )
         else:
             self._nodes += 1
-            if self._nodes > DOC_MAX_NODES:  # stop parsing early: the walk would refuse it
+            if self._nodes > self._max_nodes:  # stop parsing early: the walk would refuse it
                 raise DocumentError(
                     "body",
-                    f"a document holds at most {DOC_MAX_NODES} values",
-                    f"more than {DOC_MAX_NODES}",
+                    f"a document holds at most {self._max_nodes} values",
+                    f"more than {self._max_nodes}",
                     too_large=True,
                 )
         self._depth += 1
@@ -91,14 +92,14 @@ class BoundedYamlLoader(Composer, _EventParser, SafeConstructor, Resolver):
             self._depth -= 1
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str, max_nodes: int = DOC_MAX_NODES) -> Any:
     """Parse one YAML document with `BoundedYamlLoader` (safe tags only).
 
     Raises:
         yaml.YAMLError: the text is not YAML.
-        DocumentError: too deep, or too many aliases.
+        DocumentError: too deep, too many aliases, or more than `max_nodes` values.
     """
-    loader = BoundedYamlLoader(text)
+    loader = BoundedYamlLoader(text, max_nodes)
     try:
         return loader.get_single_data()
     finally:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 from revhpo.service.api.limits import load_yaml
-from revhpo.service.schemas import DOC_MAX_DEPTH, DocumentError, check_document
+from revhpo.service.schemas import DOC_MAX_DEPTH, SPEC_MAX_NODES, DocumentError, check_document
 from svc_helpers import BACKENDS, REPO, create_key, tiny_spec
 
 PROBLEM = "application/problem+json"
@@ -65,6 +65,9 @@ BODIES = [
         "body",
     ),
     ("yaml-recursive-alias", "application/yaml", b"name: &x [*x]\n", 422, None),
+    # more values than any job spec holds: refused after SPEC_MAX_NODES, not the whole body
+    ("yaml-flat-values", "application/yaml", b"name: [" + b"1," * 200_000 + b"1]\n", 413, "body"),
+    ("json-flat-values", "application/json", b'{"name": [' + b"1," * 200_000 + b"1]}", 413, "body"),
     ("yaml-deep-flow", "application/yaml", b"[" * 5000 + b"]" * 5000, 422, "body"),
     ("yaml-deep-block", "application/yaml", b"- " * 3000 + b"1\n", 422, "body"),
     ("json-deep", "application/json", b"[" * 5000 + b"]" * 5000, 422, "body"),
@@ -369,6 +372,11 @@ def test_bounded_yaml_loader_refuses_bombs_and_depth_while_parsing():
     assert load_yaml("- " * (DOC_MAX_DEPTH - 1) + "1") is not None
     with pytest.raises(DocumentError, match="at most"):
         load_yaml("[" + "1," * 200_000 + "1]")  # stops counting nodes, not at the end
+    assert len(load_yaml("[" + "1," * (SPEC_MAX_NODES - 2) + "1]", SPEC_MAX_NODES)) == (
+        SPEC_MAX_NODES - 1
+    )
+    with pytest.raises(DocumentError, match=f"at most {SPEC_MAX_NODES} values"):
+        load_yaml("[" + "1," * SPEC_MAX_NODES + "1]", SPEC_MAX_NODES)
     with pytest.raises(DocumentError, match="deeper than"):  # a cycle is infinitely deep
         check_document(load_yaml("a: &x [*x]"))
 
@@ -401,8 +409,9 @@ def test_a_heartbeat_is_answered_while_a_1mib_yaml_body_is_parsed(server_factory
     c, w = httpx.Client(base_url=srv.url, timeout=120), _worker_client(srv)  # c: anonymous
     jid = c.post("/v1/jobs", json=tiny_spec()).json()["id"]
     token = w.post("/v1/worker/claim", json={"worker": "w"}).json()["token"]
-    # ~1 MiB of YAML, just under the value bound: a second or more of parsing, then refused
-    body = ("x: [" + ",".join(["aaaaaaaaa"] * 99_000) + "]\n").encode()
+    # ~1 MiB of YAML just under a spec's value bound (long strings): the slowest body to
+    # parse (hundreds of ms), then refused
+    body = ("x: [" + ",".join(["a" * 100] * (SPEC_MAX_NODES - 100)) + "]\n").encode()
     assert len(body) < 1 << 20
     sock = _raw_post(srv.url, "/v1/jobs", body, "application/yaml")
     answered: list[tuple[float, bytes]] = []
