@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -62,7 +62,15 @@ from revhpo.precise import FixedPointOverflowError
 
 from revhpo.runtime import require_exact_ops
 
-__all__ = ["Cancelled", "MetaState", "Tuner", "TunerConfig", "TuningOutcome", "coarse_points"]
+__all__ = [
+    "Cancelled",
+    "MetaState",
+    "Tuner",
+    "TunerConfig",
+    "TuningOutcome",
+    "coarse_points",
+    "edge_points",
+]
 
 Event = dict[str, Any]
 #: Keys of a meta-iteration record shown in progress events. Test-set figures are never among
@@ -84,6 +92,12 @@ COARSE_LEARNING_RATE_FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 COARSE_FINALISTS = 4
 #: The coarse start's momentum decays, as multiples of the init value's ``1 − γ``.
 COARSE_ONE_MINUS_MOMENTUM_FACTORS = (5.0, 2.0, 1.0, 0.5)
+#: When the coarse grid's best point lies on its edge (the largest or smallest α, the smallest
+#: γ), the grid grows past that edge (α × 2 or ÷ 2.5, ``1 − γ`` × 2) up to this many times,
+#: so that an init value far from the optimum does not pin the start to the grid's border.
+COARSE_EDGE_EXTENSIONS = 3
+#: The smallest momentum decay the coarse start tries.
+COARSE_MIN_MOMENTUM = 0.05
 #: ``divergence_kind`` of a record whose weights left the fixed-point range before training
 #: (e.g. a huge init scale, or too many fractional bits for the weights' size).
 FIXED_POINT_RANGE = "fixed_point_range"
@@ -270,20 +284,33 @@ class Tuner:
         """Pick where hyper-descent starts and compute its selection estimate.
 
         With ``start="coarse"`` every point of :func:`coarse_points` is trained plainly on the
-        first ``coarse_seeds`` selection seeds; the :data:`COARSE_FINALISTS` best are then
-        estimated on every selection seed, and the best of those is the start. With
+        first ``coarse_seeds`` selection seeds, and the grid grows past an edge its best point
+        lies on (:func:`edge_points`, at most :data:`COARSE_EDGE_EXTENSIONS` times); the
+        :data:`COARSE_FINALISTS` best are then estimated on every selection seed, and the best
+        of those is the start. With
         ``"init"``, or when neither α nor γ is tuned, the init values are the start.
         """
         cfg, seeds = self.config, self.config.select_seed_list()
         points = coarse_points(self.problem) if cfg.start == "coarse" else []
         if len(points) > 1:
-            rows = []
+            rows: list[dict[str, float]] = []
             few = seeds[: cfg.coarse_seeds]
-            for p in points:
-                if self._stop():
-                    raise Cancelled("cancelled during the coarse start")
-                loss = self.problem.selection_loss(self.problem.param.constant_raw(p), few)
-                rows.append({**p, "select_loss": loss})
+
+            def evaluate(new: list[dict[str, float]]) -> None:
+                for p in new:
+                    if self._stop():
+                        raise Cancelled("cancelled during the coarse start")
+                    loss = self.problem.selection_loss(self.problem.param.constant_raw(p), few)
+                    rows.append({**p, "select_loss": loss})
+                points.extend(new)  # aligned with rows: edge points are new points
+
+            grid, points = points, []
+            evaluate(grid)
+            for _ in range(COARSE_EDGE_EXTENSIONS):
+                new = edge_points(rows)
+                if not new:
+                    break
+                evaluate(new)
             # race: the best few on every selection seed, the start is the best of those
             ranked = sorted(range(len(rows)), key=lambda j: rows[j]["select_loss"])
             finals = []
@@ -671,13 +698,51 @@ def coarse_points(problem: TuningProblem) -> list[dict[str, float]]:
     gammas: list[float | None] = [None]
     if mom.tuned:
         gammas = [1 - (1 - mom.init) * f for f in COARSE_ONE_MINUS_MOMENTUM_FACTORS]
-        gammas = list(dict.fromkeys(min(max(m, 0.05), 0.999) for m in gammas))
+        gammas = list(dict.fromkeys(min(max(m, COARSE_MIN_MOMENTUM), 0.999) for m in gammas))
     points = []
     for a in alphas:
         for m in gammas:
             p = {k: v for k, v in (("learning_rate", a), ("momentum", m)) if v is not None}
             points.append(p)
     return points
+
+
+def edge_points(rows: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """Points past the coarse grid's edge where its best point lies, or ``[]``.
+
+    ``rows`` are the evaluated points with their ``select_loss``. When the best point has the
+    largest α tried, the new points double it; the smallest, divide it by 2.5 (each with every
+    γ tried); when it has the smallest γ tried (above :data:`COARSE_MIN_MOMENTUM`), ``1 − γ``
+    doubles, at the best α and its neighbours. A best point that diverged everywhere (every
+    loss infinite) extends nothing.
+    """
+    finite = [r for r in rows if np.isfinite(r["select_loss"])]
+    if not finite:
+        return []
+    best = min(finite, key=lambda r: r["select_loss"])
+    tried = {(r.get("learning_rate"), r.get("momentum")) for r in rows}
+    new: list[dict[str, float]] = []
+
+    def add(a: float | None, m: float | None) -> None:
+        if (a, m) not in tried:
+            tried.add((a, m))
+            new.append({k: v for k, v in (("learning_rate", a), ("momentum", m)) if v is not None})
+
+    a, m = best.get("learning_rate"), best.get("momentum")
+    alphas = sorted({r["learning_rate"] for r in rows if "learning_rate" in r})
+    gammas = sorted({r["momentum"] for r in rows if "momentum" in r}) or [None]
+    if a is not None and a == alphas[-1]:
+        for g in gammas:
+            add(a * 2.0, g)
+    elif a is not None and a == alphas[0]:
+        for g in gammas:
+            add(a / 2.5, g)
+    if m is not None and m == gammas[0] and m > COARSE_MIN_MOMENTUM:
+        lower = max(1.0 - 2.0 * (1.0 - m), COARSE_MIN_MOMENTUM)
+        i = alphas.index(a) if a is not None else 0
+        for a2 in alphas[max(i - 1, 0) : i + 2] if a is not None else [None]:
+            add(a2, lower)
+    return new
 
 
 def _hyper_summary(problem: TuningProblem, raw: Mapping[str, np.ndarray]) -> dict[str, dict]:

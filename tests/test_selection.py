@@ -244,6 +244,47 @@ def test_coarse_start_picks_the_best_constant_point(problem):
     assert out.raw["log_weight_decay"] == pytest.approx(problem.initial_raw()["log_weight_decay"])
 
 
+@pytest.mark.parametrize(
+    ("alpha", "n_points"),
+    [(0.2 * 8 * 4, 28 + 3 * 4), (0.2 * 0.1 / 2.5, 28 + 2 * 4)],  # 3 doublings; 2 ÷ 2.5
+    ids=["past-the-top", "below-the-bottom"],
+)
+def test_coarse_start_grows_past_the_edge_its_best_point_is_on(problem, alpha, n_points):
+    def estimate(raw):  # best at `alpha` and γ = 0.6, beyond the grid's α range
+        lr, mom = np.mean(raw["log_learning_rate"]), np.mean(raw["logit_momentum"])
+        return abs(lr - math.log(alpha)) + abs(mom - math.log(0.6 / 0.4))
+
+    with Scripted(problem, of_raw=estimate):
+        out = Tuner(problem, config(iterations=0, start="coarse", coarse_seeds=1)).run()
+    start = out.selection["start"]
+    assert len(start["points"]) == n_points
+    assert start["chosen"]["learning_rate"] == pytest.approx(alpha)
+    assert start["chosen"]["momentum"] == pytest.approx(0.6)
+
+
+def test_edge_points():
+    from revhpo.optimizers.tuner import COARSE_MIN_MOMENTUM, edge_points
+
+    rows = [
+        {"learning_rate": a, "momentum": m, "select_loss": loss}
+        for a, m, loss in [(0.1, 0.5, 3.0), (0.1, 0.9, 2.0), (1.0, 0.5, 1.0), (1.0, 0.9, 1.5)]
+    ]
+    # best (1.0, 0.5): the largest α and the smallest γ → α doubles; 1 − γ doubles to 0
+    # (clamped to the smallest γ) at the best α and its neighbour
+    assert edge_points(rows) == [
+        {"learning_rate": 2.0, "momentum": 0.5},
+        {"learning_rate": 2.0, "momentum": 0.9},
+        {"learning_rate": 0.1, "momentum": COARSE_MIN_MOMENTUM},
+        {"learning_rate": 1.0, "momentum": COARSE_MIN_MOMENTUM},
+    ]
+    interior = [*rows, {"learning_rate": 2.0, "momentum": 0.5, "select_loss": 5.0}]
+    interior += [{"learning_rate": 1.0, "momentum": 0.3, "select_loss": 5.0}]
+    assert edge_points(interior) == []
+    diverged = [{**r, "select_loss": math.inf} for r in rows]
+    assert edge_points(diverged) == []
+    assert edge_points([{"learning_rate": 0.3, "select_loss": 1.0}]) == [{"learning_rate": 0.6}]
+
+
 def test_hypergradients_are_averaged_over_disjoint_seeds(problem):
     seen = []
     evaluate = problem.evaluate
