@@ -444,13 +444,17 @@ def fuzz(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp, database(args.backend, Path(tmp)) as url:
         with server(url, Path(tmp) / "home") as (base, _):
             key = create_key(get_engine(url), "fuzz-pool", is_worker=True)
-            for label, extra in (
-                ("user routes, anonymous", ["--exclude-path-regex", "^/v1/worker"]),
-                (
+            passes = {
+                "user": ("user routes, anonymous", ["--exclude-path-regex", "^/v1/worker"]),
+                "worker": (
                     "worker routes, worker key",
-                    ["--include-path-regex", "^/v1/worker", "-H", f"Authorization: Bearer {key}"],
+                    # schemathesis 4.32's coverage phase stops with an internal KeyError
+                    # (its own cache) on these routes: the other phases still run
+                    ["--include-path-regex", "^/v1/worker", "-H", f"Authorization: Bearer {key}"]
+                    + ["--phases", "examples,fuzzing,stateful"],
                 ),
-            ):
+            }
+            for label, extra in (passes[name] for name in args.passes.split(",")):
                 cmd = [
                     exe,
                     "run",
@@ -513,6 +517,7 @@ def main() -> int:
     sub.choices["owners"].add_argument("--n", type=int, default=20)
     s = sub.choices["fuzz"]
     s.add_argument("--examples", type=int, default=50)
+    s.add_argument("--passes", default="user,worker", help="user, worker or both (comma)")
     s.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
 

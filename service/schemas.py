@@ -73,8 +73,9 @@ def check_document(
             )
         if isinstance(v, str):
             chars += len(v)
-            if "\x00" in v:
-                raise DocumentError(_dotted(root, path), "a NUL character is not allowed", v[:200])
+            bad = text_problem(v)
+            if bad:
+                raise DocumentError(_dotted(root, path), bad, v[:200])
         elif isinstance(v, float):
             if not math.isfinite(v):
                 raise DocumentError(_dotted(root, path), "a number must be finite", repr(v))
@@ -89,12 +90,9 @@ def check_document(
                 for k, item in v.items():
                     key = k if isinstance(k, str) else str(k)
                     chars += len(key)
-                    if "\x00" in key:
-                        raise DocumentError(
-                            _dotted(root, path),
-                            "a NUL character is not allowed in a key",
-                            key[:200],
-                        )
+                    bad = text_problem(key)
+                    if bad:
+                        raise DocumentError(_dotted(root, path), f"{bad} in a key", key[:200])
                     stack.append((item, (*path, key), depth + 1))
             else:
                 stack.extend((item, (*path, i), depth + 1) for i, item in enumerate(v))
@@ -107,9 +105,23 @@ def check_document(
             )
 
 
-def _no_nul(v: str) -> str:
+def text_problem(v: str) -> str | None:
+    """Why text cannot be stored, or None: a NUL character (PostgreSQL text cannot hold it) or a
+    lone surrogate (``"\\ud800"`` in JSON: not Unicode text, no database encoding takes it)."""
     if "\x00" in v:
-        raise ValueError(f"a NUL character is not allowed. Received: {v[:200]!r}")
+        return "a NUL character is not allowed"
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate (\\ud800-\\udfff) is not text"
+    return None
+
+
+def _no_nul(v: str) -> str:
+    bad = text_problem(v)
+    if bad:
+        raise ValueError(f"{bad}. Received: {v[:200]!r}")
     return v
 
 

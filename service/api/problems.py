@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -59,9 +60,18 @@ class ProblemError(Exception):
             body["field"] = self.field
         if self.errors:
             body["errors"] = self.errors
-        return JSONResponse(
+        return ProblemResponse(
             body, status_code=self.status, media_type=PROBLEM_JSON, headers=self.headers
         )
+
+
+class ProblemResponse(JSONResponse):
+    """A problem document: it echoes what was received, which may hold text that is not
+    Unicode (a lone surrogate from a ``"\\ud800"`` JSON escape); that text is sent escaped
+    as JSON escapes it, never as an encoding error (a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 MAX_ERRORS = 50  # errors listed in one problem document (a hostile body can have 100000)

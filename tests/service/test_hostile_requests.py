@@ -74,6 +74,16 @@ BODIES = [
     ("json-deep-object", "application/json", b'{"a":' * 2000 + b"1" + b"}" * 2000, 422, None),
     ("json-nul-name", "application/json", _json(_spec_with("name", "a\x00b")), 422, "name"),
     ("yaml-nul-name", "application/yaml", b'name: "a\\0b"\n', 422, "name"),
+    # a lone surrogate (valid JSON escape, not Unicode text): no database encoding takes it
+    ("json-surrogate-name", "application/json", b'{"name": "a\\ud800b"}', 422, "name"),
+    (
+        "json-surrogate-nested",
+        "application/json",
+        _json(_spec_with("net.activation", "tanh")).replace(b'"tanh"', b'"tanh\\udfff"'),
+        422,
+        "net.activation",
+    ),
+    ("json-surrogate-key", "application/json", b'{"name": "x", "k\\udc80": 1}', 422, "body"),
     ("yaml-nul-key", "application/yaml", b'"bad\\0key": 1\n', 422, "body"),
     (
         "json-nul-nested",
@@ -297,6 +307,14 @@ def test_hostile_worker_payloads_are_refused_and_the_attempt_goes_on(users):
     ]
     for route, body, field in cases:
         _assert_problem(w.post(f"{base}/{route}", json=body), 422, field)
+    surrogates = [  # lone surrogates, as a JSON encoder writes them
+        ("fail", b'{"token": "%s", "reason": "boom\\ud800"}', "body.reason"),
+        ("heartbeat", b'{"token": "%s", "progress": {"m\\udc00": 1}}', "body.progress"),
+        ("events", b'{"token": "%s", "events": [{"type": "x\\udfff"}]}', "body.events.0"),
+    ]
+    for route, body, field in surrogates:
+        resp = w.post(f"{base}/{route}", content=body % token.encode(), headers=raw)
+        _assert_problem(resp, 422, field)
     for number in (b"1e999", b"NaN", b"-Infinity"):
         events = b'{"token": "%s", "events": [{"type": "meta", "val_loss": %s}]}' % (
             token.encode(),
