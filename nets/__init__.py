@@ -7,6 +7,8 @@ is what exactly reversible training needs. Knows nothing of optimizers.
 The names are imported lazily (PEP 562): ``import revhpo.nets`` imports no TensorFlow, and the
 typed configs (``MLPConfig``, ..., ``parse_net_config``; module ``revhpo.nets.config``) never
 do. The TensorFlow modules are imported on the first access of a name that lives in them.
+State-driven implicit modeling is the submodule ``revhpo.nets.sim`` (TensorFlow; its config
+``SimConfig`` is TensorFlow-free).
 Keras deserialisation of a saved ``NetLayer`` needs ``revhpo.nets.keras_layers`` imported
 (accessing ``revhpo.nets.NetLayer`` does it).
 """
@@ -32,6 +34,9 @@ _LAZY: dict[str, str] = {
     "NetConfigError": "config",
     "Rank1Config": "config",
     "SSSConfig": "config",
+    "SimConfig": "config",
+    "SimExplicitConfig": "config",
+    "SimInitConfig": "config",
     "autoencoder_widths": "config",
     "config_class": "config",
     "default_time_steps": "config",
@@ -94,6 +99,9 @@ __all__ = [
     "SSSConfig",
     "SSSDense",
     "SSSMLP",
+    "SimConfig",
+    "SimExplicitConfig",
+    "SimInitConfig",
     "TASKS",
     "activation_derivative",
     "activation_fn",
@@ -146,6 +154,9 @@ if TYPE_CHECKING:  # the names for static analysis; at run time __getattr__ impo
         NetConfigBase,
         NetConfigError,
         Rank1Config,
+        SimConfig,
+        SimExplicitConfig,
+        SimInitConfig,
         SSSConfig,
         autoencoder_widths,
         config_class,

@@ -34,6 +34,8 @@ from pydantic import (
     Strict,
     ValidationError,
     ValidationInfo,
+    model_serializer,
+    model_validator,
 )
 
 __all__ = [
@@ -50,6 +52,9 @@ __all__ = [
     "NetConfigError",
     "Rank1Config",
     "SSSConfig",
+    "SimConfig",
+    "SimExplicitConfig",
+    "SimInitConfig",
     "autoencoder_widths",
     "check_positive_int",
     "check_sizes",
@@ -238,6 +243,64 @@ class MLPConfig(NetConfigBase):
         return _dense_count(self.widths(input_dim, output_dim))
 
 
+class _SimModel(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+class SimExplicitConfig(_SimModel):
+    """The explicit ReLU MLP that SIM starts from, and its plain float SGD-momentum training
+    (the convention of ``revhpo.optimizers.PlainSGD``: ``v ← γ v − (1 − γ) g``, ``w ← w + α v``)
+    on the job's training set."""
+
+    family: Literal["mlp"] = Field("mlp", description="the explicit net's family (ReLU MLP)")
+    sizes: Sizes = [50, 50]
+    steps: int = Field(400, ge=1, le=100_000, description="plain training steps")
+    batch_size: PositiveInt = Field(50, description="minibatch size")
+    learning_rate: float = Field(0.3, gt=0, description="α")
+    momentum: float = Field(0.9, ge=0, lt=1, description="γ")
+    weight_decay: float = Field(1e-4, ge=0, description="λ of the penalty ½ λ ‖w‖²")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="initial weights and minibatches")
+
+
+class SimConfig(_SimModel):
+    """State-driven implicit modeling (Tsai et al. 2022): fit ``(A, B, C, D)`` to the states of
+    a trained explicit net by convex programs, under ``‖A‖∞ ≤ kappa`` (``revhpo.nets.sim``)."""
+
+    source: SimExplicitConfig = Field(
+        default_factory=SimExplicitConfig,
+        alias="from",
+        description="the explicit ReLU MLP (its `sizes` must sum to the implicit net's `n`) "
+        "and its plain training",
+    )
+    objective: Literal["sparsity", "robustness"] = Field(
+        "sparsity",
+        description="`sparsity`: λ₁ times the ℓ1 norm of A, B, C, D; `robustness`: λ₁ "
+        "times the induced ∞-norms ‖B‖∞ + ‖C‖∞ + ‖D‖∞ (the ℓ∞ sensitivity bound's factors)",
+    )
+    kappa: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="‖A‖∞ ≤ kappa; null: the net's `kappa` (a value above it is refused)",
+    )
+    lambda1: float = Field(1e-3, ge=0, description="weight λ₁ of the objective's penalty")
+    fraction: float = Field(
+        0.5, gt=0, le=1, description="fraction of the training set whose states are fitted"
+    )
+    tol: float = Field(
+        1e-7, gt=0, description="the solver stops when the relative change of (A, B) is ≤ tol"
+    )
+    max_iter: int = Field(5000, ge=1, le=1_000_000, description="solver iteration cap")
+
+
+class SimInitConfig(_SimModel):
+    """Where an implicit net's initial weights come from (instead of its random init)."""
+
+    sim: SimConfig = Field(description="state-driven implicit modeling of a trained explicit net")
+
+
 class ImplicitConfig(NetConfigBase):
     """Family `implicit`: X = φ(A X + B U + b), Ŷ = C X + D U + c (El Ghaoui et al.)."""
 
@@ -251,6 +314,47 @@ class ImplicitConfig(NetConfigBase):
     max_iter: MaxIter = 3000
     newton_steps: NewtonSteps = 2
     on_nonconvergence: OnNonconvergence = "warn"
+    init: SimInitConfig | None = Field(
+        None,
+        description="`null`: random initial weights; `{sim: {...}}`: the weights SIM fits to "
+        "a trained explicit ReLU MLP (then activation relu, bias true, rank null, n = the "
+        "sum of its sizes)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        # `init: null` is left out of dumps, so a net without SIM has the config (and a job
+        # spec the hash, hence resumable checkpoints) it had before `init` existed.
+        data = handler(self)
+        if isinstance(data, dict) and "init" in data and data["init"] is None:
+            del data["init"]
+        return data
+
+    @model_validator(mode="after")
+    def _check_sim_init(self) -> ImplicitConfig:
+        if self.init is None:
+            return self
+        sim = self.init.sim
+        problems = []
+        if self.activation != "relu":
+            problems.append(f"activation must be relu (received {self.activation!r})")
+        if not self.bias:
+            problems.append("bias must be true (received false)")
+        if self.rank is not None:
+            problems.append(f"rank must be null (received {self.rank})")
+        if self.n != sum(sim.source.sizes):
+            problems.append(
+                f"n must equal the sum of init.sim.from.sizes {sim.source.sizes} = "
+                f"{sum(sim.source.sizes)} (received n={self.n})"
+            )
+        if sim.kappa is not None and sim.kappa > self.kappa:
+            problems.append(
+                f"init.sim.kappa must be at most the net's kappa={self.kappa} "
+                f"(received {sim.kappa})"
+            )
+        if problems:
+            raise ValueError("an implicit net initialised by SIM: " + "; ".join(problems))
+        return self
 
     def num_params(self, input_dim: int, output_dim: int) -> int:
         """``n² (or 2·n·rank) + n·d + c·n + c·d + bias·(n + c)`` for d inputs, c outputs."""

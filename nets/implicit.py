@@ -303,6 +303,31 @@ class ImplicitModel(_ImplicitNet):
         )  # fmt: skip
         self._specs = list(self.core.specs)
         self._layer_names = ["A", "B", "readout"]
+        self._initial: list[tf.Tensor] | None = None
+
+    def set_initial_params(self, params: Sequence[tf.Tensor]) -> None:
+        """Make ``init_params`` return ``params`` for every seed (SIM's weights: see
+        ``revhpo.nets.sim.initialise``); they are kept as float64."""
+        self._initial = [tf.cast(p, tf.float64) for p in self.check_params(params)]
+
+    def init_params(self, seed: int, dtype: tf.DType = tf.float64) -> list[tf.Tensor]:
+        """As ``Net.init_params``; with ``init.sim`` in the config, the weights set by
+        ``set_initial_params`` (the same for every seed).
+
+        Raises:
+            ValueError: the config asks for SIM weights and none were set.
+        """
+        if self._initial is None and self._config.get("init") is not None:
+            raise ValueError(
+                "this implicit net's config has `init.sim`: its initial weights come from SIM "
+                "on the training data; call revhpo.nets.sim.initialise(net, x_train, y_train) "
+                "first (the tuning path does)"
+            )
+        if self._initial is None:
+            return super().init_params(seed, dtype)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        return [tf.cast(p, dtype) for p in self._initial]
 
     def well_posed_A(self, params: Sequence[tf.Tensor]) -> tf.Tensor:
         """The matrix ``A`` that ``params`` define (``‖A‖∞ ≤ kappa``)."""

@@ -1,4 +1,5 @@
-"""``revhpo verify SPEC`` and ``revhpo bench``: the numerics, checked and timed by the user."""
+"""``revhpo verify SPEC``, ``revhpo bench`` and ``revhpo sim``: the numerics, checked and timed by
+the user."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["register", "run_bench", "run_verify", "verify_spec"]
+__all__ = ["register", "run_bench", "run_sim", "run_verify", "verify_spec"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``verify`` and ``bench`` subcommands."""
+    """Add the ``verify``, ``bench`` and ``sim`` subcommands."""
     p = subparsers.add_parser(
         "verify",
         help="check exact reversal and hypergradients of a job spec against finite differences",
@@ -112,6 +113,139 @@ def register(subparsers: Any) -> None:
     )
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.set_defaults(func=run_bench)
+    _register_sim(subparsers)
+
+
+def _register_sim(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "sim",
+        help="state-driven implicit modeling: fit an implicit net to a trained explicit MLP",
+        description="Trains an explicit ReLU MLP by plain SGD-momentum, records its states on a "
+        "fraction of the training set, fits an implicit model X = relu(A X + B U + b), "
+        "Y = C X + D U + c to them by convex programs under ||A||_inf <= kappa (objective "
+        "sparsity or robustness; revhpo.nets.sim), and reports well-posedness, the "
+        "state-matching residual, test accuracy of both nets, sparsity, and accuracy under "
+        "l_inf PGD attacks and certified bounds. SPEC (optional) is a job spec whose net has "
+        "init.sim: its dataset and that section are used, and the options below override it.",
+    )
+    s.add_argument("spec", nargs="?", default=None, help="job spec with net.init.sim (optional)")
+    s.add_argument("--sizes", default=None, help="explicit hidden widths, e.g. 50,50")
+    s.add_argument("--steps", type=int, default=None, help="explicit training steps")
+    s.add_argument(
+        "--objective",
+        choices=["sparsity", "robustness"],
+        default=None,
+        help="what the penalty favours (default sparsity)",
+    )
+    s.add_argument("--kappa", type=float, default=None, help="||A||_inf bound (default 0.95)")
+    s.add_argument("--lambda1", type=float, default=None, help="penalty weight (default 1e-3)")
+    s.add_argument("--fraction", type=float, default=None, help="fraction of training data")
+    s.add_argument("--tol", type=float, default=None, help="solver tolerance (default 1e-7)")
+    s.add_argument("--max-iter", type=int, default=None, help="solver iterations (default 5000)")
+    s.add_argument(
+        "--eps", default="0.05,0.1,0.2", help="l_inf attack radii (standardised input units)"
+    )
+    s.add_argument("--pgd-steps", type=int, default=10, help="PGD steps per attack")
+    s.add_argument("--out", default=None, help="also write the report to this JSON file")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--dataset-dir", default=None, help="where uploaded dataset ids resolve")
+    s.set_defaults(func=run_sim)
+
+
+def _sim_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The dataset spec and the ``init.sim`` dict a ``revhpo sim`` command line describes."""
+    from revhpo.service.spec import DigitsDataset, SpecError, load_spec
+
+    dataset: Any = DigitsDataset()
+    sim: dict[str, Any] = {}
+    if args.spec:
+        spec = load_spec(args.spec)
+        init = getattr(spec.net, "init", None)
+        if init is None:
+            raise SpecError("net.init.sim: `revhpo sim SPEC` needs an implicit net with init.sim")
+        dataset = spec.dataset
+        sim = init.sim.model_dump(mode="json")
+        if sim.get("kappa") is None:
+            sim["kappa"] = spec.net.kappa
+    source = dict(sim.get("from", {}))
+    if args.sizes:
+        source["sizes"] = [int(v) for v in args.sizes.split(",") if v.strip()]
+    if args.steps is not None:
+        source["steps"] = args.steps
+    sim["from"] = source
+    for key in ("objective", "kappa", "lambda1", "fraction", "tol", "max_iter"):
+        value = getattr(args, key)
+        if value is not None:
+            sim[key] = value
+    return dataset, sim
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    """CLI handler for ``revhpo sim``."""
+    from pydantic import ValidationError
+    from revhpo.nets.config import SimConfig
+    from revhpo.service.data import DataError, load_dataset
+    from revhpo.service.spec import SpecError
+
+    from revhpo.runtime import import_tensorflow, require_exact_ops
+
+    try:
+        eps = [float(v) for v in args.eps.split(",") if v.strip()]
+        if any(e < 0 for e in eps) or args.pgd_steps < 1:
+            raise ValueError("--eps must be ≥ 0 and --pgd-steps ≥ 1")
+        dataset, sim = _sim_settings(args)
+        cfg = SimConfig.model_validate(sim)
+    except (SpecError, ValidationError, ValueError) as exc:
+        print(f"revhpo sim: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    import_tensorflow()
+    require_exact_ops()
+    from revhpo.nets.sim import run_sim as sim_run
+
+    try:
+        data = load_dataset(dataset, Path(args.dataset_dir) if args.dataset_dir else None)
+        report, _ = sim_run(data, cfg, eps=eps, pgd_steps=args.pgd_steps)
+    except DataError as exc:
+        print(f"revhpo sim: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"revhpo sim: {exc}", file=sys.stderr)
+        return 2
+    report["dataset"] = data.summary()
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if args.json:
+        print(text)
+        return 0
+    _print_sim(report)
+    return 0
+
+
+def _print_sim(r: dict[str, Any]) -> None:
+    wp, acc, sp, rob = r["well_posedness"], r["accuracy"], r["sparsity"], r["robustness"]
+    st, out = r["state_fit"], r["output_fit"]
+    print(f"objective {r['objective']}, kappa {r['kappa']}, lambda1 {r['lambda1']}, "
+          f"{r['fitted_examples']} fitted examples, n={r['dims']['n']}")  # fmt: skip
+    print(f"||A||_inf = {wp['inf_norm_A']!r} <= kappa = {wp['kappa']!r}: {wp['holds']}")
+    for name, f in (("state  [A|B|b]", st), ("output [C|D|c]", out)):
+        print(
+            f"{name}: {f['iterations']} iterations ({'converged' if f['converged'] else 'cap'}"
+            f"), {f['seconds']:.1f} s, objective {f['objective']:.6g}, residual rms "
+            f"{f['residual']['rms']:.3g} (relative {f['residual']['relative_rms']:.3g})"
+        )
+    print(f"{acc['split']} accuracy: explicit {acc['explicit']:.4f}, implicit (SIM) "
+          f"{acc['implicit']:.4f}, explicit magnitude-pruned to SIM's nonzeros "
+          f"{acc['explicit_pruned_to_same_nonzeros']:.4f}")  # fmt: skip
+    print(f"nonzeros: SIM {sp['nonzeros']} of {sp['size']} ({sp['zero_fraction']:.1%} zeros), "
+          f"explicit {sp['explicit_nonzeros']}")  # fmt: skip
+    for i, e in enumerate(rob["eps"]):
+        print(
+            f"eps {e:g}: PGD accuracy implicit {rob['implicit_pgd'][i]:.4f} explicit "
+            f"{rob['explicit_pgd'][i]:.4f}; certified implicit "
+            f"{rob['implicit_certified'][i]:.4f} explicit {rob['explicit_certified'][i]:.4f}"
+        )
 
 
 #: Finite-difference steps (raw scale) tried after ``--eps``, nearest to it first.
