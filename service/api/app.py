@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from revhpo.service import queue
+from revhpo.service import dashboard, queue
 from revhpo.service.artifacts import ArtifactStore
 from revhpo.service.db import get_engine, session_scope
 from revhpo.service.logs import LogContextMiddleware
@@ -170,5 +170,6 @@ def create_app(settings: Settings | None = None, *, reaper: bool = True) -> Fast
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(worker.router)
+    dashboard.mount(app)  # the web dashboard: `/` and its files under `/dashboard/`
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,21 +1,26 @@
-"""`/v1/datasets`: upload `.npz` / `.csv` files that job specs then reference by id."""
+"""`/v1/datasets`: upload `.npz` / `.csv` files that job specs then reference by id, and list
+the caller's own uploads."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 from revhpo.service import queue
 from revhpo.service.auth import Principal
 from revhpo.service.db import session_scope
 from revhpo.service.models import Dataset
 from revhpo.service.schemas import DatasetPublic, Problem
 from revhpo.service.settings import Settings
+from sqlalchemy import select
 
-from .deps import EngineDep, PrincipalDep, SettingsDep, StoreDep
+from .deps import EngineDep, PrincipalDep, ReadSessionDep, SettingsDep, StoreDep
 from .problems import ProblemError
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -131,3 +136,70 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Store the file, check it reads as a dataset, and return its id."""
     return await run_in_threadpool(_store, engine, store, principal, file, settings)
+
+
+class DatasetsPage(BaseModel):
+    """One page of `GET /v1/datasets`, newest first."""
+
+    items: list[DatasetPublic]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page")
+
+
+MAX_SEQ = 2**63 - 1  # the largest listing position a database integer holds
+
+
+def encode_cursor(seq: int) -> str:
+    """The opaque cursor of the dataset listing position `seq` (not a job listing's)."""
+    return base64.urlsafe_b64encode(f"d{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The listing position of a cursor `encode_cursor` issued.
+
+    Raises:
+        ProblemError: 422 (`field: cursor`) for anything else, a job listing's cursor included.
+    """
+    seq = -1
+    if cursor.isascii():
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        except (binascii.Error, ValueError):
+            raw = ""
+        digits = raw[1:]
+        if raw[:1] == "d" and digits.isascii() and digits.isdigit() and len(digits) <= 19:
+            seq = int(digits)
+    if not 0 <= seq <= MAX_SEQ or encode_cursor(seq) != cursor:  # only the canonical form
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"cursor: not a `next_cursor` of this listing. Received: {cursor[:80]!r}",
+            field="cursor",
+        )
+    return seq
+
+
+@router.get(
+    "",
+    response_model=DatasetsPage,
+    responses={
+        401: {"model": Problem, "description": "missing or unknown API key"},
+        422: {"model": Problem, "description": "invalid `limit` or `cursor`"},
+    },
+    summary="List your datasets",
+)
+def list_datasets(
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor`")] = None,
+) -> DatasetsPage:
+    """One page of the caller's uploaded datasets, newest first (cursor pagination, one
+    query). Other owners' datasets are never listed."""
+    limit = min(limit, settings.page_size_max)
+    q = select(Dataset).where(Dataset.owner == principal.owner)
+    if cursor is not None:
+        q = q.where(Dataset.seq < decode_cursor(cursor))
+    rows = list(session.scalars(q.order_by(Dataset.seq.desc()).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return DatasetsPage(items=[DatasetPublic.from_row(d) for d in rows[:limit]], next_cursor=nxt)
