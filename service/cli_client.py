@@ -489,6 +489,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"artifacts {settings.resolved_artifact_dir}, {n_workers} local worker(s), {access})",
         file=sys.stderr,
     )
+    print(f"dashboard: {api}/  (API docs: {api}/docs)", file=sys.stderr)
     if n_workers:
         workers.extend(start_local_workers(api, n_workers, env, log_dir=settings.home / "logs"))
     try:

@@ -260,6 +260,14 @@ class DatasetPublic(BaseModel):
         return cls(**columns, created_at=iso(d.created_at))
 
 
+class WhoAmI(BaseModel):
+    """`GET /v1/whoami`: who the API takes the caller for."""
+
+    owner: str = Field(..., description="the owner of the caller's jobs and datasets")
+    worker: bool = Field(..., description="a worker key (may claim and run jobs)")
+    anonymous: bool = Field(..., description="no key: a loopback caller acting as `local`")
+
+
 class Health(BaseModel):
     """`GET /healthz`."""
 

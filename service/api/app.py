@@ -15,7 +15,7 @@ from revhpo.service.artifacts import ArtifactStore
 from revhpo.service.db import get_engine, session_scope
 from revhpo.service.logs import LogContextMiddleware
 from revhpo.service.metrics import MetricsMiddleware, ServiceMetrics, metrics_router
-from revhpo.service.schemas import Health, Problem
+from revhpo.service.schemas import Health, Problem, WhoAmI
 from revhpo.service.settings import Settings, get_settings
 from revhpo.service.spec import JobSpec
 from sqlalchemy import text
@@ -23,12 +23,24 @@ from sqlalchemy import text
 from revhpo.runtime import __version__
 
 from . import datasets, jobs, problems, worker
-from .deps import EngineDep
+from .deps import EngineDep, PrincipalDep
 from .limits import BodyLimitMiddleware, InputGuardMiddleware
 
 log = logging.getLogger(__name__)
 
 health_router = APIRouter(tags=["health"])
+
+
+@health_router.get(
+    "/v1/whoami",
+    response_model=WhoAmI,
+    responses={401: {"model": Problem, "description": "missing or unknown API key"}},
+    tags=["auth"],
+    summary="Who the API takes the caller for",
+)
+def whoami(principal: PrincipalDep) -> WhoAmI:
+    """The owner the caller's key (or anonymous loopback access) acts as."""
+    return WhoAmI(owner=principal.owner, worker=principal.is_worker, anonymous=principal.anonymous)
 
 
 @health_router.get("/healthz", response_model=Health, responses={503: {"model": Health}})

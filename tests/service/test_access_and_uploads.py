@@ -93,6 +93,12 @@ def test_anonymous_caller_has_no_worker_rights(db_url, server_factory):
     assert job.status_code == 202, job.text
     jid = job.json()["id"]
 
+    # Who each caller is taken for: the dashboard shows it; a bad key is refused.
+    assert anon.get("/v1/whoami").json() == {"owner": "local", "worker": False, "anonymous": True}
+    assert alice.get("/v1/whoami").json() == {"owner": "alice", "worker": False, "anonymous": False}
+    assert pool.get("/v1/whoami").json() == {"owner": "pool", "worker": True, "anonymous": False}
+    _problem(_client(srv, "rhp_not.a-key").get("/v1/whoami"), 401, "Authorization")
+
     # No claim: the job stays queued, its spec unseen.
     doc = _problem(anon.post("/v1/worker/claim", json={"worker": "thief"}), 401, "Authorization")
     assert "worker key" in doc["detail"]
