@@ -206,3 +206,17 @@ def sse_events(client: httpx.Client, job_id: str, timeout: float = 120.0) -> lis
                     return out
                 eid, event, data = None, "message", ""
     return out
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(resp: httpx.Response, status: int, field: str | None = None) -> dict:
+    """``resp`` is a problem document with ``status`` (and ``field``, when given); returns it."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    doc = resp.json()
+    assert doc["status"] == status and doc["title"]
+    if field is not None:
+        assert doc.get("field") == field, doc
+    return doc

@@ -29,22 +29,12 @@ import httpx
 import numpy as np
 import pytest
 from svc_helpers import BACKENDS, ServerProc, tiny_spec
+from svc_helpers import assert_problem as _problem
 
-PROBLEM = "application/problem+json"
 MiB = 1 << 20
 MEMORY_BUDGET = 50 * MiB  # the API process's peak RSS may grow by at most this per upload
 
 _backends = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
-
-
-def _problem(resp: httpx.Response, status: int, field: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    doc = resp.json()
-    assert doc["status"] == status and doc["title"]
-    if field is not None:
-        assert doc.get("field") == field, doc
-    return doc
 
 
 def _key(server: ServerProc, owner: str, worker: bool = False) -> str:

@@ -10,11 +10,10 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import BACKENDS
+from svc_helpers import BACKENDS, PROBLEM
+from svc_helpers import assert_problem as _problem
 
 pytestmark = pytest.mark.parametrize("shared_server", BACKENDS, indirect=True, scope="module")
-
-PROBLEM = "application/problem+json"
 
 
 def _client(server, owner: str | None = None) -> httpx.Client:
@@ -36,16 +35,6 @@ def _upload(client: httpx.Client, name: str, **shape: int) -> dict:
     r = client.post("/v1/datasets", files={"file": (name, _npz(**shape))})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def _problem(r: httpx.Response, status: int, field: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    doc = r.json()
-    assert doc["status"] == status and doc["title"]
-    if field is not None:
-        assert doc.get("field") == field, doc
-    return doc
 
 
 def test_an_owner_without_uploads_gets_an_empty_page(shared_server):

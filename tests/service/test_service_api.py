@@ -13,20 +13,9 @@ import httpx
 import numpy as np
 import pytest
 from svc_helpers import BACKENDS, sse_events, tiny_spec
+from svc_helpers import assert_problem as _problem
 
 pytestmark = pytest.mark.parametrize("shared_server", BACKENDS, indirect=True, scope="module")
-
-PROBLEM = "application/problem+json"
-
-
-def _problem(resp: httpx.Response, status: int, field: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    doc = resp.json()
-    assert doc["status"] == status and doc["title"]
-    if field is not None:
-        assert doc.get("field") == field, doc
-    return doc
 
 
 def _key(server, owner: str, worker: bool = False) -> str:

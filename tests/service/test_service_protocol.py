@@ -11,21 +11,20 @@ import time
 import httpx
 import numpy as np
 import pytest
-from svc_helpers import BACKENDS, REPO, base_env, create_key, sse_events, tiny_spec, wait_for
+from svc_helpers import (
+    BACKENDS,
+    REPO,
+    base_env,
+    create_key,
+    sse_events,
+    tiny_spec,
+    wait_for,
+)
+from svc_helpers import (
+    assert_problem as _problem,
+)
 
 pytestmark = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
-
-PROBLEM = "application/problem+json"
-
-
-def _problem(resp: httpx.Response, status: int, field: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    doc = resp.json()
-    assert doc["status"] == status and doc["title"]
-    if field is not None:
-        assert doc.get("field") == field, doc
-    return doc
 
 
 @pytest.fixture
