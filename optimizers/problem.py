@@ -139,6 +139,12 @@ class TuningProblem:
             reduce_retracing=True,
             autograph=False,
         )
+        val = self._splits["val"]
+        self._whole_val_fn = tf.function(
+            lambda w: task_loss(self.net, self.net.apply(w, val[0]), *val),
+            reduce_retracing=True,
+            autograph=False,
+        )
         self._stepper = make_stepper(self.train_loss, len(net.param_layers), self.dtype, frac_bits)
         self._plain = PlainSGD(self.train_loss, self.dtype)
         self._metrics_fn = tf.function(self._metrics, autograph=False)
@@ -174,19 +180,22 @@ class TuningProblem:
         w = [tf.cast(p, self.dtype) for p in w]
         return task_loss(self.net, self.net.apply(w, x), x, y)
 
-    def selection_loss(self, raw: Raw | None, seeds: Sequence[int]) -> float:
+    def selection_loss(self, raw: Raw | None, seeds: Sequence[int], whole: bool = False) -> float:
         """Mean loss on the validation set's select part after plain training on each seed.
 
         The tuner's estimate of generalisation: the hypergradient never sees the select part
-        (when ``select_fraction > 0``) nor these seeds. ``inf`` when a run diverges.
+        (when ``select_fraction > 0``) nor these seeds. ``inf`` when a run diverges. With
+        ``whole``, the loss on the whole validation set instead (fit and select parts): what
+        a plain search that no hypergradient follows (the coarse start) ranks by.
         """
+        loss_fn = self._whole_val_fn if whole else self._select_fn
         from revhpo.optimizers.reversible import DivergenceError
 
         vals = []
         for s in seeds:
             try:
                 w, _ = self.train(raw, s)
-                v = float(self._select_fn([tf.cast(p, self.dtype) for p in w]))
+                v = float(loss_fn([tf.cast(p, self.dtype) for p in w]))
             except (DivergenceError, tf.errors.InvalidArgumentError, ValueError):
                 return float("inf")
             if not np.isfinite(v):

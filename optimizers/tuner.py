@@ -284,11 +284,14 @@ class Tuner:
         """Pick where hyper-descent starts and compute its selection estimate.
 
         With ``start="coarse"`` every point of :func:`coarse_points` is trained plainly on the
-        first ``coarse_seeds`` selection seeds, and the grid grows past an edge its best point
-        lies on (:func:`edge_points`, at most :data:`COARSE_EDGE_EXTENSIONS` times); the
-        :data:`COARSE_FINALISTS` best are then estimated on every selection seed, and the best
-        of those is the start. With
-        ``"init"``, or when neither α nor γ is tuned, the init values are the start.
+        first ``coarse_seeds`` selection seeds and scored by its loss on the *whole*
+        validation set (a plain grid search, which no hypergradient follows, ranks on all the
+        data it has, as a careful user's grid would); the grid grows past an edge its best
+        point lies on (:func:`edge_points`, at most :data:`COARSE_EDGE_EXTENSIONS` times); the
+        :data:`COARSE_FINALISTS` best are then scored on every selection seed, and the best of
+        those is the start. Its selection estimate (the select part only, as every later
+        iterate's) is what hyper-descent must then beat. With ``"init"``, or when neither α
+        nor γ is tuned, the init values are the start.
         """
         cfg, seeds = self.config, self.config.select_seed_list()
         points = coarse_points(self.problem) if cfg.start == "coarse" else []
@@ -300,8 +303,8 @@ class Tuner:
                 for p in new:
                     if self._stop():
                         raise Cancelled("cancelled during the coarse start")
-                    loss = self.problem.selection_loss(self.problem.param.constant_raw(p), few)
-                    rows.append({**p, "select_loss": loss})
+                    raw_p = self.problem.param.constant_raw(p)
+                    rows.append({**p, "val_loss": self.problem.selection_loss(raw_p, few, True)})
                 points.extend(new)  # aligned with rows: edge points are new points
 
             grid, points = points, []
@@ -312,21 +315,22 @@ class Tuner:
                     break
                 evaluate(new)
             # race: the best few on every selection seed, the start is the best of those
-            ranked = sorted(range(len(rows)), key=lambda j: rows[j]["select_loss"])
+            ranked = sorted(range(len(rows)), key=lambda j: rows[j]["val_loss"])
             finals = []
             for j in ranked[:COARSE_FINALISTS]:
                 if self._stop():
                     raise Cancelled("cancelled during the coarse start")
                 raw_j = self.problem.param.constant_raw(points[j])
-                finals.append((self.problem.selection_loss(raw_j, seeds), j))
-            loss, best = min(finals)
+                finals.append((self.problem.selection_loss(raw_j, seeds, True), j))
+            _, best = min(finals)
             raw = self.problem.param.constant_raw(points[best])
+            loss = self.problem.selection_loss(raw, seeds)  # what later iterates must beat
             start = {
                 "kind": "coarse",
                 "chosen": points[best],
                 "seeds": few,
                 "points": rows,
-                "finalists": [{**points[j], "select_loss": v} for v, j in finals],
+                "finalists": [{**points[j], "val_loss": v} for v, j in finals],
             }
         else:
             raw = state.raw
@@ -710,16 +714,16 @@ def coarse_points(problem: TuningProblem) -> list[dict[str, float]]:
 def edge_points(rows: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
     """Points past the coarse grid's edge where its best point lies, or ``[]``.
 
-    ``rows`` are the evaluated points with their ``select_loss``. When the best point has the
+    ``rows`` are the evaluated points with their ``val_loss``. When the best point has the
     largest α tried, the new points double it; the smallest, divide it by 2.5 (each with every
     γ tried); when it has the smallest γ tried (above :data:`COARSE_MIN_MOMENTUM`), ``1 − γ``
     doubles, at the best α and its neighbours. A best point that diverged everywhere (every
     loss infinite) extends nothing.
     """
-    finite = [r for r in rows if np.isfinite(r["select_loss"])]
+    finite = [r for r in rows if np.isfinite(r["val_loss"])]
     if not finite:
         return []
-    best = min(finite, key=lambda r: r["select_loss"])
+    best = min(finite, key=lambda r: r["val_loss"])
     tried = {(r.get("learning_rate"), r.get("momentum")) for r in rows}
     new: list[dict[str, float]] = []
 

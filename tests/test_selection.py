@@ -158,8 +158,9 @@ class Scripted:
     def __exit__(self, *exc):
         self.problem.selection_loss = self.saved
 
-    def __call__(self, raw, seeds):
-        self.calls.append(([int(s) for s in seeds], {k: np.array(v) for k, v in raw.items()}))
+    def __call__(self, raw, seeds, whole=False):
+        raw_copy = {k: np.array(v) for k, v in raw.items()}
+        self.calls.append(([int(s) for s in seeds], raw_copy, whole))
         return self.of_raw(raw) if self.of_raw else self.values.pop(0)
 
 
@@ -235,11 +236,12 @@ def test_coarse_start_picks_the_best_constant_point(problem):
     assert start["kind"] == "coarse" and len(start["points"]) == 28
     assert start["chosen"]["learning_rate"] == pytest.approx(0.8)
     assert start["chosen"]["momentum"] == pytest.approx(0.6)
-    assert [len(c[0]) for c in sel.calls] == [1] * 28 + [2] * 4  # then a race of the best 4
+    # 28 points on 1 seed, a race of the best 4 on both, all on the whole validation set;
+    # then the start's estimate on the select part, which later iterates must beat
+    assert [len(c[0]) for c in sel.calls] == [1] * 28 + [2] * 4 + [2]
+    assert [c[2] for c in sel.calls] == [True] * 32 + [False]
     finalists = start["finalists"]
-    assert len(finalists) == 4 and finalists[0]["select_loss"] == min(
-        f["select_loss"] for f in finalists
-    )
+    assert len(finalists) == 4 and finalists[0]["val_loss"] == min(f["val_loss"] for f in finalists)
     np.testing.assert_allclose(out.raw["log_learning_rate"], target)
     assert out.raw["log_weight_decay"] == pytest.approx(problem.initial_raw()["log_weight_decay"])
 
@@ -262,11 +264,28 @@ def test_coarse_start_grows_past_the_edge_its_best_point_is_on(problem, alpha, n
     assert start["chosen"]["momentum"] == pytest.approx(0.6)
 
 
+def test_whole_validation_loss_is_the_example_weighted_mean_of_its_parts():
+    spec = tiny_spec(meta={"select_fraction": 0.5})
+    prob = build_problem(spec)
+    assert 0 < prob.select_fraction < 1
+    raw, seed = prob.initial_raw(), 7
+    w, _ = prob.train(raw, seed)
+    fit, sel = prob._fit, prob._select  # the two parts, and their sizes
+    n_fit, n_sel = int(fit[1].shape[0]), int(sel[1].shape[0])
+    fit_loss = float(prob.val_loss(w))
+    sel_loss = prob.selection_loss(raw, [seed])
+    whole = prob.selection_loss(raw, [seed], whole=True)
+    assert whole != sel_loss
+    assert math.isclose(
+        whole, (n_fit * fit_loss + n_sel * sel_loss) / (n_fit + n_sel), rel_tol=1e-12
+    )
+
+
 def test_edge_points():
     from revhpo.optimizers.tuner import COARSE_MIN_MOMENTUM, edge_points
 
     rows = [
-        {"learning_rate": a, "momentum": m, "select_loss": loss}
+        {"learning_rate": a, "momentum": m, "val_loss": loss}
         for a, m, loss in [(0.1, 0.5, 3.0), (0.1, 0.9, 2.0), (1.0, 0.5, 1.0), (1.0, 0.9, 1.5)]
     ]
     # best (1.0, 0.5): the largest α and the smallest γ → α doubles; 1 − γ doubles to 0
@@ -277,12 +296,12 @@ def test_edge_points():
         {"learning_rate": 0.1, "momentum": COARSE_MIN_MOMENTUM},
         {"learning_rate": 1.0, "momentum": COARSE_MIN_MOMENTUM},
     ]
-    interior = [*rows, {"learning_rate": 2.0, "momentum": 0.5, "select_loss": 5.0}]
-    interior += [{"learning_rate": 1.0, "momentum": 0.3, "select_loss": 5.0}]
+    interior = [*rows, {"learning_rate": 2.0, "momentum": 0.5, "val_loss": 5.0}]
+    interior += [{"learning_rate": 1.0, "momentum": 0.3, "val_loss": 5.0}]
     assert edge_points(interior) == []
-    diverged = [{**r, "select_loss": math.inf} for r in rows]
+    diverged = [{**r, "val_loss": math.inf} for r in rows]
     assert edge_points(diverged) == []
-    assert edge_points([{"learning_rate": 0.3, "select_loss": 1.0}]) == [{"learning_rate": 0.6}]
+    assert edge_points([{"learning_rate": 0.3, "val_loss": 1.0}]) == [{"learning_rate": 0.6}]
 
 
 def test_hypergradients_are_averaged_over_disjoint_seeds(problem):
