@@ -508,7 +508,10 @@ def _poll(engine, job_id: str, owner: str, after: int) -> tuple[list[tuple[int, 
     """One brief read: the job's events after `after`, its state and its public snapshot."""
     with session_scope(engine, write=False) as s:
         job = queue.get_job(s, job_id, owner)
-        events = [(ev.id, ev.data) for ev in queue.events_after(s, job=job, after_id=after)]
+        events = [  # each with when the API recorded it (database clock, Unix seconds)
+            (ev.id, {**ev.data, "received_at": ev.created_at})
+            for ev in queue.events_after(s, job=job, after_id=after)
+        ]
         return events, job.state, JobPublic.from_row(job).model_dump(mode="json")
 
 

@@ -337,6 +337,8 @@ def test_event_stream_resumes_after_a_dropped_connection(world: World, new_page)
     assert numbers == sorted(set(numbers)) and numbers[-1] == max(ids)
     metas = [line for line in logged if re.match(r"#\d+ meta-iteration \d+/", line)]
     assert len(metas) == LIVE_ITERATIONS
+    # every streamed event shows when the API recorded it (its `received_at`)
+    assert all(re.search(r" · \d{1,2}:\d{2}:\d{2}", line) for line in logged if line[0] == "#")
 
 
 def test_compare_two_finished_jobs(world: World, new_page):

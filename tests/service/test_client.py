@@ -253,6 +253,8 @@ def test_worker_protocol_result_artifacts_and_events(own_server, tmp_path):
     assert events[-1].data["state"] == "succeeded" and events[-1].id == events[-2].id
     ids = [e.id for e in events[:-1]]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    stamps = [e.data["received_at"] for e in events[:-1]]  # the API's clock, in order
+    assert stamps == sorted(stamps) and all(abs(t - time.time()) < 600 for t in stamps)
     resumed = list(c.events(jid, last_event_id=events[0].id))
     assert [e.type for e in resumed] == kinds[1:]
     assert c.wait(jid)["state"] == "succeeded"

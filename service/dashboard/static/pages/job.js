@@ -228,7 +228,10 @@ export async function jobPage(main, { params: [jobId], signal }) {
 
   function renderLog() {
     logSummary.textContent = `Events (${st.log.length}${st.log.length >= LOG_MAX ? ", latest" : ""})`;
-    fill(logList, ...st.log.map((e) => h("li", {}, h("span", { class: "mono muted" }, e.id ? `#${e.id} ` : ""), e.text)));
+    fill(logList, ...st.log.map((e) => h("li", {},
+      h("span", { class: "mono muted" }, e.id ? `#${e.id} ` : ""),
+      e.text,
+      h("span", { class: "mono muted" }, typeof e.at === "number" ? ` · ${new Date(e.at * 1000).toLocaleTimeString()}` : ""))));
   }
 
   function render() {
@@ -528,7 +531,7 @@ export async function jobPage(main, { params: [jobId], signal }) {
     }
     const text = describeEvent(name, ev);
     if (text) {
-      st.log.push({ id, text });
+      st.log.push({ id, text, at: ev.received_at });
       if (st.log.length > LOG_MAX) st.log.splice(0, st.log.length - LOG_MAX);
     }
     scheduleRender();
