@@ -395,6 +395,11 @@ def test_bounded_yaml_loader_refuses_bombs_and_depth_while_parsing():
     )
     with pytest.raises(DocumentError, match=f"at most {SPEC_MAX_NODES} values"):
         load_yaml("[" + "1," * SPEC_MAX_NODES + "1]", SPEC_MAX_NODES)
+    # the walk refuses a long array when it meets it, before visiting its items
+    check_document(list(range(SPEC_MAX_NODES - 1)), max_nodes=SPEC_MAX_NODES)
+    with pytest.raises(DocumentError, match="at most") as err:
+        check_document({"a": [0, {"b": list(range(SPEC_MAX_NODES))}]}, max_nodes=SPEC_MAX_NODES)
+    assert err.value.too_large and err.value.field == "body"
     with pytest.raises(DocumentError, match="deeper than"):  # a cycle is infinitely deep
         check_document(load_yaml("a: &x [*x]"))
 
