@@ -20,7 +20,12 @@ training set (κ = 0.95, batched TensorFlow solver, tol 1e-7, ≤ 5000 iteration
   batched solver here, so that both reach the optimum);
 * **tuning** (digits): examples/sim_digits.yaml's SIM-initialised implicit net, its test loss
   at the SIM weights, after plain fine-tuning with the initial hyperparameters, and after
-  reversible tuning (the spec as shipped, mean over its evaluation seeds).
+  reversible tuning (the spec as shipped, mean over its evaluation seeds), with what makes
+  SIM's weights stiff to fine-tune (self-loops ``a_ii = κ``, rows of A at ``‖a_i‖₁ = κ``,
+  Picard iterations).
+
+    python benchmarks/bench_sim.py --only-tuning --write   # the tuning part alone; --write
+                                                           # replaces it in results_sim.json
 """
 
 from __future__ import annotations
@@ -167,6 +172,7 @@ def _solver_figures(data) -> dict:
 
 
 def _tuning_figures() -> dict:
+    import numpy as np
     from revhpo.optimizers import Tuner
     from revhpo.service.spec import load_spec
     from revhpo.service.tuning import build_problem, tuner_config
@@ -175,17 +181,39 @@ def _tuning_figures() -> dict:
     t0 = time.perf_counter()
     problem = build_problem(spec)
     sim_s = time.perf_counter() - t0
-    w0 = problem.net.init_params(0)
+    net = problem.net
+    w0 = net.init_params(0)
     at_sim = problem.metrics(w0)
+    a = net.well_posed_A(w0).numpy()
+    kappa = float(net.config["kappa"])
+    rows = np.sum(np.abs(a), axis=1)
     outcome = Tuner(problem, tuner_config(spec)).run()
     ev = outcome.evaluation
+    keys = ("val_loss_mean", "val_acc_mean", "test_loss_mean", "test_acc_mean")
+    hp = spec.hyperparameters
     return {
         "spec": "examples/sim_digits.yaml",
         "build_problem_with_sim_s": sim_s,
         "tuning_s": time.perf_counter() - t0 - sim_s,
-        "at_sim_weights": {"test_loss": at_sim["test_loss"], "test_acc": at_sim["test_acc"]},
-        "initial_hypers": {k: ev["initial"].get(k) for k in ("test_loss_mean", "test_acc_mean")},
-        "tuned_hypers": {k: ev["final"].get(k) for k in ("test_loss_mean", "test_acc_mean")},
+        "init": {
+            "learning_rate": hp.learning_rate.init,
+            "momentum": hp.momentum.init,
+            "steps": spec.training.steps,
+            "start": spec.meta.start,
+        },
+        "sim_weights": {
+            "inf_norm_A": float(rows.max()),
+            "rows_at_kappa": int(np.sum(rows >= kappa * (1 - 2e-9))),
+            "self_loops_at_kappa": int(np.sum(np.abs(np.diag(a)) >= kappa * (1 - 2e-9))),
+            "picard_iterations_train": net.solve_info(w0, problem.data.x_train)["iterations"],
+        },
+        "at_sim_weights": {k: at_sim[k] for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
+        "initial_hypers": {k: ev["initial"].get(k) for k in keys},
+        "tuned_hypers": {k: ev["final"].get(k) for k in keys},
+        "tuned_values": {
+            g: problem.hypers_of(outcome.raw)[g]["value"] for g in ("learning_rate", "momentum")
+        },
+        "selection": outcome.selection.get("reason"),
         "eval_seeds": tuner_config(spec).eval_seeds,
         "meta_iterations": outcome.state.iteration,
         "status": outcome.status,
@@ -262,51 +290,92 @@ def _markdown(res: dict) -> str:
         f"{s['cvxpy_objective']:.10g} (relative difference "
         f"{s['relative_objective_difference']:.1e}); device {s['device']}.",
     ]
-    t = res.get("tuning")
-    if t:
-        lines += [
-            "",
-            "### SIM weights, then reversible tuning (digits)",
-            "",
-            f"`{t['spec']}` ({t['meta_iterations']} meta-iterations, {t['status']}; SIM and "
-            f"explicit training {t['build_problem_with_sim_s']:.0f} s, tuning "
-            f"{t['tuning_s']:.0f} s). Test loss (accuracy), mean over {t['eval_seeds']} "
-            "held-out training seeds for the trained rows:",
-            "",
-            "| weights | test loss | test acc |",
-            "|---|---|---|",
-            f"| SIM, untrained | {t['at_sim_weights']['test_loss']:.4f} | "
-            f"{t['at_sim_weights']['test_acc']:.4f} |",
-            f"| SIM + fine-tuning, initial hyperparameters | "
-            f"{t['initial_hypers']['test_loss_mean']:.4f} | "
-            f"{t['initial_hypers']['test_acc_mean']:.4f} |",
-            f"| SIM + fine-tuning, tuned hyperparameters | "
-            f"{t['tuned_hypers']['test_loss_mean']:.4f} | "
-            f"{t['tuned_hypers']['test_acc_mean']:.4f} |",
-        ]
+    if res.get("tuning"):
+        lines += ["", *_tuning_lines(res["tuning"])]
     lines += ["", "`*`: the solver stopped at its iteration cap (its report says so)."]
     return "\n".join(lines)
+
+
+def _tuning_lines(t: dict) -> list[str]:
+    init, sw = t["init"], t["sim_weights"]
+    cols = ("val_loss", "val_acc", "test_loss", "test_acc")
+
+    def row(name: str, d: dict, sfx: str) -> str:
+        return f"| {name} | " + " | ".join(f"{d[k + sfx]:.4f}" for k in cols) + " |"
+
+    def knots(v: list) -> str:
+        return "[" + ", ".join("[" + ", ".join(f"{x:.3g}" for x in r) + "]" for r in v) + "]"
+
+    measured = f"`{t['command']}` ({t['date']}): " if "command" in t else ""
+    return [
+        "### SIM weights, then reversible tuning (digits)",
+        "",
+        f"{measured}`{t['spec']}` ({init['steps']} fine-tuning steps; start `{init['start']}`; "
+        f"{t['meta_iterations']} meta-iterations, {t['status']}; SIM and explicit "
+        f"training {t['build_problem_with_sim_s']:.0f} s, tuning {t['tuning_s']:.0f} s). "
+        f"SIM's A: ‖A‖∞ = {sw['inf_norm_A']:.10f}, {sw['rows_at_kappa']} rows at "
+        f"‖a_i‖₁ = κ, {sw['self_loops_at_kappa']} of them self-loops a_ii = κ; "
+        f"{sw['picard_iterations_train']} Picard iterations on the training set. "
+        f"Mean over {t['eval_seeds']} held-out training seeds for the trained rows:",
+        "",
+        "| weights | val loss | val acc | test loss | test acc |",
+        "|---|---|---|---|---|",
+        row("SIM, untrained", t["at_sim_weights"], ""),
+        row(
+            f"SIM + fine-tuning, initial hyperparameters (α = {init['learning_rate']:g}, "
+            f"γ = {init['momentum']:g})",
+            t["initial_hypers"],
+            "_mean",
+        ),
+        row("SIM + fine-tuning, tuned hyperparameters", t["tuned_hypers"], "_mean"),
+        "",
+        f"Tuned α, γ ([knot][layer A, B, readout]): {knots(t['tuned_values']['learning_rate'])}, "
+        f"{knots(t['tuned_values']['momentum'])}. Selection: {t['selection']}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {OUT.name}")
-    parser.add_argument("--no-tuning", action="store_true", help="skip the tuning figures")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--no-tuning", action="store_true", help="skip the tuning figures")
+    parts.add_argument(
+        "--only-tuning",
+        action="store_true",
+        help=f"only the tuning figures (with --write: replace them in {OUT.name}, keep the rest)",
+    )
     args = parser.parse_args(argv)
     import_tensorflow()
     require_exact_ops()
     t0 = time.perf_counter()
-    data = _datasets()
-    res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/bench_sim.py --write",
-        "datasets": {name: _dataset_figures(name, d, sizes) for name, (d, sizes) in data.items()},
-        "solver": _solver_figures(data["digits"][0]),
-    }
-    if not args.no_tuning:
+    if args.only_tuning:
+        res = json.loads(OUT.read_text(encoding="utf-8")) if OUT.exists() else {}
+        res.pop("markdown", None)
         res["tuning"] = _tuning_figures()
-    res["total_s"] = time.perf_counter() - t0
+        res["tuning"].update(
+            date=time.strftime("%Y-%m-%d"),
+            machine=f"{platform.machine()}, {os.cpu_count()} cores",
+            command="python benchmarks/bench_sim.py --only-tuning --write",
+        )
+        if "datasets" not in res:  # nothing else measured yet: the tuning section alone
+            print("\n".join(_tuning_lines(res["tuning"])))
+            if args.write:
+                OUT.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+            return 0
+    else:
+        data = _datasets()
+        res = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+            "command": "python benchmarks/bench_sim.py --write",
+            "datasets": {
+                name: _dataset_figures(name, d, sizes) for name, (d, sizes) in data.items()
+            },
+            "solver": _solver_figures(data["digits"][0]),
+        }
+        if not args.no_tuning:
+            res["tuning"] = _tuning_figures()
+        res["total_s"] = time.perf_counter() - t0
     text = _markdown(res)
     res["markdown"] = text
     if args.write:

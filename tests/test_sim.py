@@ -322,10 +322,15 @@ def _tiny_spec() -> dict:
     }
 
 
-def test_sim_weights_start_the_tuning_path():
+@pytest.fixture(scope="module")
+def tiny_problem():
     from revhpo.service.tuning import build_problem
 
-    problem = build_problem(_tiny_spec())
+    return build_problem(_tiny_spec())
+
+
+def test_sim_weights_start_the_tuning_path(tiny_problem):
+    problem = tiny_problem
     net = problem.net
     assert net.sim_report["well_posedness"]["holds"]
     w0 = net.init_params(0)
@@ -339,6 +344,47 @@ def test_sim_weights_start_the_tuning_path():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     w, losses = problem.train(None, 0)
     assert np.all(np.isfinite(losses)) and not np.array_equal(w[1].numpy(), w0[1].numpy())
+
+
+def test_tuning_problem_starts_at_sims_own_model(tiny_problem):
+    """The tuning problem's plain training at α = 0 is SIM's own model: the same float64
+    weights bit for bit, in the same layout and parametrisation (``A = W``), and to float64
+    precision the logits of SIM's own net, its validation loss and, at every step t, its loss
+    on minibatch t (so a training curve that rises from SIM's weights is the training's doing,
+    not a different start)."""
+    from revhpo.nets.base import task_loss
+    from revhpo.nets.config import SimConfig
+
+    problem = tiny_problem
+    net, data = problem.net, problem.data
+    sim = SimConfig.model_validate(net.config["init"]["sim"])
+    result, _, _ = S._fit_from_config(sim, 0.9, data.x_train, data.y_train, net.output_dim)
+    own, own_params = result.implicit_net(), result.tensors()
+    for got, want in zip(net.init_params(3), result.params, strict=True):
+        assert got.dtype == tf.float64
+        np.testing.assert_array_equal(got.numpy(), want)
+
+    raw = problem.initial_raw()
+    raw["log_learning_rate"] = np.full_like(raw["log_learning_rate"], -1000.0)  # α = 0
+    w, losses = problem.train(raw, 3)
+    for got, want in zip(w, result.params, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(net.well_posed_A(w).numpy(), result.params[0])
+
+    def own_loss(x: np.ndarray, y: np.ndarray) -> float:
+        xt = tf.constant(x, tf.float64)
+        return float(task_loss(own, own.apply(own_params, xt), xt, tf.constant(y, tf.int32)))
+
+    x_val = tf.constant(data.x_val, tf.float64)
+    # the same ops on the same float64 values: equal (measured: bit for bit) up to a few ulps,
+    # which a graph rewrite of the compiled training loop could introduce
+    np.testing.assert_allclose(
+        net.apply(w, x_val).numpy(), own.apply(own_params, x_val).numpy(), rtol=1e-15, atol=0
+    )
+    assert problem.metrics(w)["val_loss"] == pytest.approx(own_loss(data.x_val, data.y_val), 1e-15)
+    table = problem.minibatches(3).numpy()
+    want = [own_loss(data.x_train[idx], data.y_train[idx]) for idx in table]
+    np.testing.assert_allclose(losses, want, rtol=1e-15, atol=0)
 
 
 @pytest.mark.slow
