@@ -33,6 +33,7 @@ from revhpo.optimizers import (
     TuningOutcome,
     TuningProblem,
 )
+from revhpo.optimizers.checkpoint import to_jsonable
 from revhpo.service.data import Dataset, load_dataset
 from revhpo.service.results import TuneResult, load_checkpoint, save_checkpoint
 from revhpo.service.spec import JobSpec, SpecError, load_spec
@@ -251,6 +252,7 @@ def _result(
             "param_layers": list(net.param_layers),
             "param_shapes": [list(map(int, sh)) for sh in net.param_shapes],
             "layer_names": list(net.layer_names),
+            **({"sim": to_jsonable(net.sim_report)} if hasattr(net, "sim_report") else {}),
         },
         n_hyperparameters=problem.param.n_tuned(),
         meta_iterations=outcome.state.iteration,

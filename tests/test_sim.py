@@ -15,6 +15,7 @@ Tolerances:
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -394,6 +395,9 @@ def test_sim_weights_are_tuned_by_the_tuning_path(tmp_path):
     result = tune(_tiny_spec(), tmp_path)
     assert result.status == "completed", result.status
     assert result.net["config"]["init"]["sim"]["from"]["sizes"] == [4, 4]
+    doc = json.loads((tmp_path / "result.json").read_text())  # SIM's report is in the result
+    well_posed = doc["net"]["sim"]["well_posedness"]
+    assert well_posed["holds"] and well_posed["inf_norm_A"] <= well_posed["kappa"]
     assert np.isfinite(result.evaluation["final"]["val_loss_mean"])
 
 
