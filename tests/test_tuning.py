@@ -24,6 +24,7 @@ from revhpo.optimizers.meta import (
     state_from_arrays,
     state_to_arrays,
 )
+from revhpo.optimizers.tuner import coarse_points
 from revhpo.service.spec import SpecError, load_spec
 from revhpo.service.tuning import Cancelled, build_problem, tune
 
@@ -343,7 +344,10 @@ def test_tune_writes_results_plots_and_events(tmp_path):
     assert final_lr.shape == (6, 2) and not np.allclose(final_lr, 0.2)
     sel = doc["selection"]
     assert sel["last_iteration"] == 4 and 0 <= sel["iteration"] <= 4 and sel["reason"]
-    assert sel["start"]["kind"] == "coarse" and len(sel["start"]["points"]) == 7 * 4
+    assert sel["start"]["kind"] == "coarse"
+    tried = [{k: p[k] for k in ("learning_rate", "momentum")} for p in sel["start"]["points"]]
+    grid = coarse_points(build_problem(tiny_spec()))  # the grid, then any edge extension
+    assert tried[: len(grid)] == grid and len(tried) <= len(grid) + 3 * 4
     expanded = doc["hyperparameters"]["final"]["momentum"]["per_step_per_layer"]
     assert np.asarray(expanded).shape == (6, 2)
     for name in doc["files"]["plots"].values():

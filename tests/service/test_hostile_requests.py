@@ -455,9 +455,9 @@ def test_a_heartbeat_is_answered_while_a_1mib_yaml_body_is_parsed(server_factory
     sock.close()
     at, answer = answered[0]
     assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
-    # parsed on the event loop, no heartbeat could be answered until the parse was done (and
-    # a second one is sent only after the first is answered)
-    assert sum(t < at for t in beats) >= 2, (beats, at)
+    # parsed on the event loop, no heartbeat could be answered until the parse was done and
+    # its refusal sent: here one is answered before the refusal
+    assert sum(t < at for t in beats) >= 1, (beats, at)
 
 
 # ------------------------------------------------------------------ streams cost no thread
