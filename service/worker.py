@@ -336,14 +336,18 @@ class Worker:
         result = json.loads((att.out_dir / RESULT_FILE).read_text(encoding="utf-8"))
         listed = result.get("files") or {}
         files = [RESULT_FILE, *sorted(listed.get("plots", {}).values())]
-        files += [rel for rel in listed.get("tensorboard", []) if isinstance(rel, str)]
-        for rel in files:
+        extras = [rel for rel in listed.get("tensorboard", []) if isinstance(rel, str)]
+        for rel in files + extras:
             path, name = att.out_dir / rel, Path(rel).name
             if not path.is_file() or not path.resolve().is_relative_to(att.out_dir.resolve()):
                 continue
             try:
                 self.api.upload_artifact(att.job_id, att.token, path, name)
             except ApiError as exc:
+                if rel in extras and not isinstance(exc, LeaseLostError):
+                    # an optional output (TensorBoard events) never fails a finished job
+                    log.warning("job %s: %s not uploaded: %s", att.job_id, name, exc)
+                    continue
                 if exc.status != 413:
                     raise
                 size = path.stat().st_size

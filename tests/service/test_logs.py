@@ -39,10 +39,15 @@ def test_json_lines_carry_job_attempt_and_worker(db_url, server_factory):
     c = httpx.Client(base_url=srv.url, timeout=30)
     worker, worker_log = start_worker(srv, name="gpu-0")
     try:
-        jid = c.post("/v1/jobs", json=tiny_spec(iterations=1)).json()["id"]
+        spec = {**tiny_spec(iterations=1), "tensorboard": True}  # (its event file travels too)
+        jid = c.post("/v1/jobs", json=spec).json()["id"]
         wait_for(lambda: c.get(f"/v1/jobs/{jid}").json()["state"] == "succeeded", 180, what="job")
     finally:
         kill_group(worker)
+    names = [a["name"] for a in c.get(f"/v1/jobs/{jid}/result").json()["artifacts"]]
+    events = [n for n in names if n.startswith("events.out.tfevents.")]
+    assert len(events) == 1, names
+    assert c.get(f"/v1/jobs/{jid}/artifacts/{events[0]}").content  # downloadable
     job = {"job_id": jid}
     api = _json_lines(srv.log)
     assert _one(api, "submitted by 'local'").items() >= job.items()
