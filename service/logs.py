@@ -57,6 +57,15 @@ def _fields() -> dict[str, Any]:
     return _context.get() or {}
 
 
+def _current() -> dict[str, Any]:
+    """The fields in force here: the process's, overridden by this thread's or task's."""
+    return {**_process, **_fields()}
+
+
+def _env_format() -> str:
+    return (os.environ.get(ENV_FORMAT) or "text").lower()
+
+
 def safe_label(value: Any) -> str | None:
     """``value`` as a log field when it is a short plain label, else None (never log raw
     client-supplied text: it could forge lines in the text format)."""
@@ -88,7 +97,7 @@ def context_thread(target: Callable[..., Any], *args: Any, **kwargs: Any) -> thr
 
 def context_headers() -> dict[str, str]:
     """``X-Revhpo-Worker`` / ``X-Revhpo-Attempt`` for the API's logs, when known here."""
-    fields = {**_process, **_fields()}
+    fields = _current()
     headers = {}
     if fields.get("worker") is not None and safe_label(fields["worker"]):
         headers["X-Revhpo-Worker"] = str(fields["worker"])
@@ -98,12 +107,9 @@ def context_headers() -> dict[str, str]:
 
 
 def env_for_child() -> dict[str, str]:
-    """Environment variables that give a child process this context (and the log format)."""
-    fields = {**_process, **_fields()}
-    env = {_ENV_CONTEXT[k]: str(v) for k, v in fields.items() if k in _ENV_CONTEXT}
-    if os.environ.get(ENV_FORMAT):
-        env[ENV_FORMAT] = os.environ[ENV_FORMAT]
-    return env
+    """Environment variables that give a child process this context (to add to this process's
+    environment, which already carries the log format)."""
+    return {_ENV_CONTEXT[k]: str(v) for k, v in _current().items() if k in _ENV_CONTEXT}
 
 
 class _ContextFilter(logging.Filter):
@@ -111,7 +117,7 @@ class _ContextFilter(logging.Filter):
     ``context`` string for text lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        fields = {**_process, **_fields()}
+        fields = _current()
         shown = []
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
@@ -127,7 +133,7 @@ class _ContextFilter(logging.Filter):
 
 def json_logs() -> bool:
     """Whether this process writes JSON lines (``$REVHPO_LOG_FORMAT``)."""
-    return (os.environ.get(ENV_FORMAT) or "text").lower() == "json"
+    return _env_format() == "json"
 
 
 def forward_lines(stream: IO[bytes], logger: str = "revhpo.job.stderr") -> None:
@@ -149,7 +155,7 @@ def configure_logging(level: int = logging.INFO, fmt: str | None = None) -> None
     """Log to stderr in ``fmt`` (``text`` or ``json``; default ``$REVHPO_LOG_FORMAT`` or text),
     replacing earlier handlers; a child process started with :func:`env_for_child` takes its
     context from the environment."""
-    fmt = (fmt or os.environ.get(ENV_FORMAT) or "text").lower()
+    fmt = fmt.lower() if fmt else _env_format()
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {LOG_FORMATS}. Received: {fmt!r}")
     for name, var in _ENV_CONTEXT.items():
