@@ -294,9 +294,10 @@ class Tuner:
         nor γ is tuned, the init values are the start.
         """
         cfg, seeds = self.config, self.config.select_seed_list()
-        points = coarse_points(self.problem) if cfg.start == "coarse" else []
-        if len(points) > 1:
-            rows: list[dict[str, float]] = []
+        grid = coarse_points(self.problem) if cfg.start == "coarse" else []
+        if len(grid) > 1:
+            points: list[dict[str, float]] = []  # every point tried, in order
+            rows: list[dict[str, float]] = []  # the same points with their `val_loss`
             few = seeds[: cfg.coarse_seeds]
 
             def evaluate(new: list[dict[str, float]]) -> None:
@@ -305,9 +306,8 @@ class Tuner:
                         raise Cancelled("cancelled during the coarse start")
                     raw_p = self.problem.param.constant_raw(p)
                     rows.append({**p, "val_loss": self.problem.selection_loss(raw_p, few, True)})
-                points.extend(new)  # aligned with rows: edge points are new points
+                points.extend(new)  # edge points are new points: rows stay aligned
 
-            grid, points = points, []
             evaluate(grid)
             for _ in range(COARSE_EDGE_EXTENSIONS):
                 new = edge_points(rows)
