@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# Parallel test processes (pytest-xdist): many tests wait on real servers and subprocesses.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast lint fmt bench venv clean browser
 
@@ -30,12 +32,12 @@ run: venv
 	$(VENV)/bin/revhpo demo
 
 test: venv lint browser
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 # The fast tier (about 7 minutes on 2 cores): everything not marked `slow` (long exactness runs,
 # finite-difference and unrolled-autodiff sweeps, real TensorFlow jobs in subprocesses).
 test-fast: venv lint
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -43,6 +43,10 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class _PortTaken(RuntimeError):
+    """The server could not bind its port: another process took it after `free_port`."""
+
+
 class ServerProc:
     """`python -m revhpo.service.api` (migrations + uvicorn) on a free loopback port."""
 
@@ -67,7 +71,17 @@ class ServerProc:
         return base_env(**env)
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start and wait for /healthz."""
+        """Start and wait for /healthz; on a port another test process took meanwhile
+        (parallel test workers), again on a new free port."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
@@ -80,7 +94,12 @@ class ServerProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+                self._logf.close()
+                tail = self.log.read_text()[-3000:]
+                if "address already in use" in tail.lower():
+                    self.log.write_text("")  # the next attempt's log starts empty
+                    raise _PortTaken(tail)
+                raise RuntimeError(f"server exited: {tail}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
@@ -158,7 +177,15 @@ TINY_SPEC = {
         "learning_rate": {"init": 0.1, "tune": True, "granularity": "per_layer_per_step"},
         "momentum": {"init": 0.9, "tune": True, "granularity": "scalar"},
     },
-    "meta": {"iterations": 2, "eval_seeds": 1},
+    # An init start, one seed per hypergradient and two selection seeds: each job is a few
+    # plain trainings, not the default coarse grid's dozens (the protocol is what is tested).
+    "meta": {
+        "iterations": 2,
+        "eval_seeds": 1,
+        "start": "init",
+        "seeds_per_iteration": 1,
+        "select_seeds": 2,
+    },
 }
 
 
