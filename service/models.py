@@ -88,6 +88,8 @@ class Job(Base):
 
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # key figures of `result` (schemas.result_summary), small enough for every listed row
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(400), nullable=True)
     artifacts: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -26,8 +26,9 @@ from typing import Any
 from revhpo.service.artifacts import attempt_dir
 from revhpo.service.db import db_epoch
 from revhpo.service.models import TERMINAL_STATES, Job, JobEvent, JobState
+from revhpo.service.schemas import result_summary
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 
 class QueueError(Exception):
@@ -373,7 +374,15 @@ def complete(session: Session, *, job_id: str, token: str, result: dict[str, Any
         raise LeaseLost(job_id)
     mine = [a for a in job.artifacts if a.split("/")[0] == attempt_dir(token)]
     return _end(
-        session, job_id, token, JobState.succeeded, {}, result=result, error=None, artifacts=mine
+        session,
+        job_id,
+        token,
+        JobState.succeeded,
+        {},
+        result=result,
+        summary=result_summary(result),
+        error=None,
+        artifacts=mine,
     )
 
 
@@ -588,7 +597,8 @@ def list_jobs(
     Raises:
         ValueError: a malformed cursor.
     """
-    q = select(Job).where(Job.owner == owner)
+    # a listed row needs neither the spec nor the result (up to megabytes each): its summary
+    q = select(Job).options(defer(Job.spec), defer(Job.result)).where(Job.owner == owner)
     if states:
         q = q.where(Job.state.in_(states))
     if cursor:

@@ -176,6 +176,12 @@ class JobPublic(BaseModel):
         None, description="last events: `meta` (meta-iteration, losses, eta) and `step`"
     )
     error: str | None = Field(None, description="why the job (or its last attempt) failed")
+    summary: dict[str, Any] | None = Field(
+        None,
+        description="a succeeded job's key figures: `initial` and `final` mean `val_loss`, "
+        "`test_loss`, `test_acc` over the held-out evaluation seeds, `returned_iteration`, "
+        "`select_loss`, `meta_iterations`, `n_hyperparameters`, `status`",
+    )
     created_at: str
     updated_at: str
     started_at: str | None
@@ -196,6 +202,7 @@ class JobPublic(BaseModel):
             worker=job.worker if job.state == JobState.running.value else None,
             progress=job.progress,
             error=job.error,
+            summary=job.summary,
             created_at=iso(job.created_at),
             updated_at=iso(job.updated_at),
             started_at=iso(job.started_at),
@@ -341,3 +348,56 @@ class FailRequest(LeaseRequest):
     retryable: bool = Field(
         False, description="true: the worker or process died (retry); false: the job itself failed"
     )
+
+
+# ----------------------------------------------------------------------------- result summary
+#: The held-out figures a job's summary carries, from `result.json`'s `evaluation`.
+SUMMARY_FIGURES = ("val_loss", "test_loss", "test_acc")
+
+
+def _finite(x: Any) -> float | None:
+    return (
+        float(x)
+        if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+        else None
+    )
+
+
+def result_summary(result: Any) -> dict[str, Any] | None:
+    """The key figures of a result document, small enough for every row of a job listing.
+
+    ``{"status", "meta_iterations", "n_hyperparameters", "returned_iteration", "select_loss",
+    "initial": {...}, "final": {...}, "eval_seeds"}``, the last two holding the means over the
+    held-out evaluation seeds of :data:`SUMMARY_FIGURES` (test figures are shown only once a
+    job has ended, as in its final report). Keys the document lacks (or holds with another
+    type, or non-finite) are left out; ``None`` when nothing is left.
+    """
+    if not isinstance(result, dict):
+        return None
+    out: dict[str, Any] = {}
+    if isinstance(result.get("status"), str):
+        out["status"] = result["status"][:40]
+    for key in ("meta_iterations", "n_hyperparameters"):
+        if isinstance(result.get(key), int) and not isinstance(result.get(key), bool):
+            out[key] = result[key]
+    sel = result.get("selection")
+    if isinstance(sel, dict):
+        if isinstance(sel.get("iteration"), int) and not isinstance(sel.get("iteration"), bool):
+            out["returned_iteration"] = sel["iteration"]
+        if (v := _finite(sel.get("select_loss"))) is not None:
+            out["select_loss"] = v
+    ev = result.get("evaluation")
+    if isinstance(ev, dict):
+        if isinstance(ev.get("seeds"), list):
+            out["eval_seeds"] = len(ev["seeds"])
+        for which in ("initial", "final"):
+            part = ev.get(which)
+            if isinstance(part, dict):
+                figs = {
+                    f: v
+                    for f in SUMMARY_FIGURES
+                    if (v := _finite(part.get(f"{f}_mean"))) is not None
+                }
+                if figs:
+                    out[which] = figs
+    return out or None

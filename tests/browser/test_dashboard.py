@@ -348,6 +348,10 @@ def test_compare_two_finished_jobs(world: World, new_page):
     sign_in(page, world.url, world.alice)
     for job_id in (world.live, world.other):
         row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
+        # the listing shows each finished job's held-out test figures (from its summary)
+        final = results[job_id]["evaluation"]["final"]
+        cell = row.get_by_test_id("test-loss").inner_text()
+        assert cell.split()[0] == js_num(final["test_loss_mean"]), cell
         row.get_by_test_id("select-job").check()
     assert page.get_by_test_id("selected-count").inner_text() == "2 selected"
     screenshot(page, "jobs", docs=True)

@@ -9,7 +9,7 @@ import pytest
 from revhpo.service import queue
 from revhpo.service.db import StorageError, db_epoch, now, session_scope
 from revhpo.service.models import Job, JobEvent
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, text, update
 from svc_helpers import BACKENDS
 
 pytestmark = pytest.mark.parametrize("db_url", BACKENDS, indirect=True)
@@ -287,3 +287,62 @@ def test_migrations_match_the_models_and_downgrade(db_url, engine):
     migrate(db_url)
     _enqueue(engine)
     assert _claim(engine) is not None
+
+
+RESULT = {
+    "status": "completed",
+    "meta_iterations": 3,
+    "n_hyperparameters": 24,
+    "selection": {"iteration": 2, "select_loss": 0.55},
+    "evaluation": {
+        "seeds": [7, 8],
+        "initial": {"val_loss_mean": 2.0, "test_loss_mean": 2.1, "test_acc_mean": 0.3},
+        "final": {"val_loss_mean": 0.6, "test_loss_mean": 0.61, "test_acc_mean": 0.81},
+    },
+    "history": [{"iteration": i, "payload": "x" * 1000} for i in range(50)],
+}
+
+
+def test_a_completed_job_lists_its_summary_not_its_result(engine):
+    jid, _ = _enqueue(engine)
+    c = _claim(engine)
+    with session_scope(engine) as s:
+        queue.complete(s, job_id=jid, token=c.token, result=RESULT)
+    with session_scope(engine, write=False) as s:
+        (row,), _ = queue.list_jobs(s, owner="alice", states=None, limit=5, cursor=None)
+        assert row.summary == {
+            "status": "completed",
+            "meta_iterations": 3,
+            "n_hyperparameters": 24,
+            "returned_iteration": 2,
+            "select_loss": 0.55,
+            "eval_seeds": 2,
+            "initial": {"val_loss": 2.0, "test_loss": 2.1, "test_acc": 0.3},
+            "final": {"val_loss": 0.6, "test_loss": 0.61, "test_acc": 0.81},
+        }
+        # the listing did not load the result (nor the spec): reading it is a new query
+        assert {"result", "spec"} <= inspect(row).unloaded
+    assert _job(engine, jid).result == RESULT
+
+
+def test_an_existing_database_upgrades_to_the_summary_column(db_url, engine):
+    from alembic import command
+    from revhpo.service.db import alembic_config, migrate
+
+    cfg = alembic_config(db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with engine.begin() as conn:  # a job of the older schema (no `summary` column)
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, owner, name, state, spec, spec_sha256, dataset_ids, cost,"
+                " attempts, max_attempts, cancel_requested, artifacts, requeues)"
+                " VALUES ('0123456789abcdef0123456789abcdef', 'alice', 'old', 'succeeded',"
+                " '{}', 'x', '[]', 1.0, 1, 3, false, '[]', 0)"
+            )
+        )
+    migrate(db_url)
+    with session_scope(engine, write=False) as s:
+        (row,), _ = queue.list_jobs(s, owner="alice", states=None, limit=5, cursor=None)
+    assert row.name == "old" and row.summary is None

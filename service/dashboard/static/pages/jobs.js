@@ -1,7 +1,7 @@
 // The signed-in owner's jobs: state filter, cursor pagination, live refresh, pick to compare.
 
 import { api } from "../api.js";
-import { TERMINAL, ago, append, bar, duration, enc, every, fill, h, localTime, num, parseTime, shortId, stateBadge } from "../dom.js";
+import { TERMINAL, ago, append, bar, duration, enc, every, fill, h, localTime, num, parseTime, pct, shortId, stateBadge } from "../dom.js";
 import { compareSelection } from "../selection.js";
 
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -49,6 +49,20 @@ function timeCell(job) {
   return "—";
 }
 
+/** A finished job's held-out test loss (and accuracy) after tuning, from its summary; the
+ * figure is shown only once the job has ended, as in its final report. */
+function testCell(job) {
+  const fin = job.summary?.final;
+  const ini = job.summary?.initial;
+  const title = fin ? `mean over ${job.summary.eval_seeds ?? "?"} held-out training seed(s); before tuning ${num(ini?.test_loss)}` : undefined;
+  return h(
+    "td",
+    { class: "num", "data-testid": "test-loss", title },
+    fin ? num(fin.test_loss) : "—",
+    fin && typeof fin.test_acc === "number" ? h("div", { class: "muted small" }, pct(fin.test_acc)) : null,
+  );
+}
+
 function row(job, selection, onSelect) {
   const meta = job.progress?.meta || {};
   const checkbox = h("input", {
@@ -72,6 +86,7 @@ function row(job, selection, onSelect) {
     h("td", { class: "progress-cell" }, progressCell(job)),
     h("td", { class: "num", "data-testid": "val-loss" }, num(meta.val_loss)),
     h("td", { class: "num" }, num(meta.best_select_loss)),
+    testCell(job),
     h("td", {}, timeCell(job)),
     h("td", { class: "num" }, `${job.attempts}/${job.max_attempts}`),
     h("td", { title: localTime(job.created_at) }, ago(job.created_at)),
@@ -111,7 +126,7 @@ export async function jobsPage(main, { query, signal }) {
   const tableEl = h(
     "table",
     { class: "jobs", "data-testid": "jobs-table" },
-    h("thead", {}, h("tr", {}, ["", "Name", "State", "Meta-iterations", "Val loss", "Best sel. loss", "Time", "Attempts", "Created"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["", "Name", "State", "Meta-iterations", "Val loss", "Best sel. loss", "Test loss", "Time", "Attempts", "Created"].map((c) => h("th", { scope: "col" }, c)))),
     body,
   );
   const empty = h("div", { class: "empty", "data-testid": "jobs-empty", hidden: true });
