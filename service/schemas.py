@@ -59,19 +59,25 @@ def check_document(
             `max_chars` characters, a NUL character in a string or key (PostgreSQL text
             cannot hold it), or a non-finite number (`1e999`, `.inf`, `NaN`: JSON has none).
     """
-    too_many = DocumentError(
-        "body",
-        f"a document holds at most {max_nodes} values",
-        f"more than {max_nodes}",
-        too_large=True,
-    )
+
+    # Made when raised: an error kept in a local of this frame would hold its traceback, the
+    # frame and so the whole parsed document in a reference cycle (megabytes per refused body,
+    # freed only by a later garbage collection).
+    def too_many() -> DocumentError:
+        return DocumentError(
+            "body",
+            f"a document holds at most {max_nodes} values",
+            f"more than {max_nodes}",
+            too_large=True,
+        )
+
     nodes = chars = 0
     stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
     while stack:
         v, path, depth = stack.pop()
         nodes += 1
         if nodes > max_nodes:
-            raise too_many
+            raise too_many()
         if isinstance(v, str):
             chars += len(v)
             bad = text_problem(v)
@@ -88,7 +94,7 @@ def check_document(
                     f"more than {max_depth} levels",
                 )
             if nodes + len(stack) + len(v) > max_nodes:  # each will be a value: refuse now,
-                raise too_many  # before a 500,000-item array is pushed item by item
+                raise too_many()  # before a 500,000-item array is pushed item by item
             if isinstance(v, dict):
                 for k, item in v.items():
                     key = k if isinstance(k, str) else str(k)
