@@ -37,7 +37,7 @@ from revhpo.service.spec import JobSpec
 from sqlalchemy import select
 
 from .deps import EngineDep, PrincipalDep, ReadSessionDep, SettingsDep, StoreDep
-from .limits import dataset_shape, job_cost, load_yaml
+from .limits import dataset_shape, job_cost, load_yaml, sim_cost
 from .problems import ProblemError, document_problem, pydantic_errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -237,6 +237,16 @@ def _check_policy(
             field="training.steps",
         )
     if cost > settings.max_job_cost:
+        sim = sim_cost(spec, shape)
+        if sim > settings.max_job_cost / 2:  # the SIM initialisation is most of it
+            raise ProblemError(
+                422,
+                "Job too large",
+                f"estimated size {cost:.3g}, of which {sim:.3g} for the SIM initialisation "
+                "(its explicit net's training and its solver's iterations on the fitted "
+                f"states), exceeds this server's limit {settings.max_job_cost:.3g}",
+                field="net.init.sim.max_iter",
+            )
         raise ProblemError(
             422,
             "Job too large",

@@ -277,4 +277,23 @@ def job_cost(spec: JobSpec, shape: tuple[int, int, int]) -> tuple[float, int]:
     _, d, c = shape
     params = net_params(spec.net, d, c)
     runs = 3 * spec.meta.iterations + spec.meta.eval_seeds + 1
-    return float(params) * spec.training.steps * runs, params
+    cost = float(params) * spec.training.steps * runs
+    return cost + sim_cost(spec, shape), params
+
+
+def sim_cost(spec: JobSpec, shape: tuple[int, int, int]) -> float:
+    """The cost of an implicit net's SIM initialisation (0 without one), in the units of
+    :func:`job_cost`: the explicit net's plain training (params x steps), plus the solver's
+    iterations, each a pass over the fitted states of the ``n + c`` rows of ``[A|B|b]`` and
+    ``[C|D|c]`` (``n + d + 1`` features; about 4 flops per weight and example against a
+    training step's 6 per weight and minibatch example)."""
+    n_examples, d, c = shape
+    cfg = parse_net_config(spec.net)
+    init = getattr(cfg, "init", None)
+    if init is None:
+        return 0.0
+    sim = init.sim
+    explicit = net_params({"family": "mlp", "sizes": sim.source.sizes, "activation": "relu"}, d, c)
+    fitted = max(1, round(sim.fraction * n_examples))
+    per_iteration = (cfg.n + c) * (cfg.n + d + 1) * 4 * fitted / (6 * spec.training.batch_size)
+    return float(explicit) * sim.source.steps + sim.max_iter * per_iteration

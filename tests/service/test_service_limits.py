@@ -159,3 +159,44 @@ def test_openapi_describes_every_net_family(client):
         "softplus",
         "sigmoid",
     ]
+
+
+def _sim_net(max_iter: int, sizes: list[int]) -> dict:
+    return {
+        "family": "implicit",
+        "n": sum(sizes),
+        "activation": "relu",
+        "init": {"sim": {"from": {"sizes": sizes, "steps": 100}, "max_iter": max_iter}},
+    }
+
+
+def test_job_cost_counts_the_sim_initialisation():
+    spec = load_spec({"net": _sim_net(2000, [20, 10]), "training": {"steps": 5, "batch_size": 20}})
+    n_examples, d, c = DIGITS_SHAPE
+    cost, params = job_cost(spec, DIGITS_SHAPE)
+    runs = 3 * spec.meta.iterations + spec.meta.eval_seeds + 1
+    explicit = net_params({"family": "mlp", "sizes": [20, 10], "activation": "relu"}, d, c)
+    fitted = round(0.5 * n_examples)  # the default fraction
+    solver = 2000 * (30 + c) * (30 + d + 1) * 4 * fitted / (6 * 20)
+    assert cost == pytest.approx(params * 5 * runs + explicit * 100 + solver, rel=1e-12)
+    plain = load_spec({"net": {"family": "implicit", "n": 30}, "training": {"steps": 5}})
+    assert job_cost(plain, DIGITS_SHAPE)[0] == plain_cost(plain)
+
+
+def plain_cost(spec) -> float:  # noqa: ANN001
+    params = net_params(spec.net, DIGITS_SHAPE[1], DIGITS_SHAPE[2])
+    return (
+        float(params) * spec.training.steps * (3 * spec.meta.iterations + spec.meta.eval_seeds + 1)
+    )
+
+
+@_server
+def test_a_sim_initialisation_over_the_cost_limit_is_refused_naming_it(client):
+    """A SIM fit of the example's size is queued; a million solver iterations on a 2,000-state
+    fit are not (the server's limit here is 1e9), and the problem says why."""
+    ok = client.post("/v1/jobs", json=_digits_spec(_sim_net(1000, [50, 50])))
+    assert ok.status_code == 202, ok.text
+    resp = client.post("/v1/jobs", json=_digits_spec(_sim_net(1_000_000, [1000, 1000])))
+    doc = _problem(resp)
+    assert resp.status_code == 422 and doc["title"] == "Job too large", doc
+    assert doc["field"] == "net.init.sim.max_iter" and "SIM" in doc["detail"], doc
