@@ -40,11 +40,14 @@ ENGINE_FILES = (
 #: depend on the size, so the large runs skip it.
 SIZES = {
     "default": ["--memory-steps", ""],
-    "large": ["--large", "--memory-steps", "", "--cold-spec", ""],
+    "large": ["--large", "--memory-steps", "", "--cold-spec", "", "--no-replicas"],
+    # the digits example's net and batch (examples/mlp_digits.yaml), on the bench's data
+    "digits": ["--sizes", "64,50,50,10", "--batch", "50", "--memory-steps", "", "--cold-spec", ""],
 }
 QUICK = {
     "default": ["--steps", "10", "--repeats", "2"],
     "large": ["--steps", "2", "--repeats", "2"],
+    "digits": ["--steps", "10", "--repeats", "2"],
 }
 
 #: (key, label, format) rows of the table; a key "a.b" reads ``fig["a"]["b"]``.
@@ -60,6 +63,13 @@ ROWS = (
     ("forward_s", "exact forward", "{:.3f} s"),
     ("reverse_s", "exact reverse", "{:.3f} s"),
     ("bits_over_bound", "`bits_over_bound`", "{:.3f}"),
+    (
+        "replicas_8_over_1",
+        "`replicas_8_over_1` (8 replicas together ÷ 1, forward + reverse)",
+        "{:.2f}",
+    ),
+    ("replicas_s.1", "1 replica, forward + reverse", "{:.3f} s"),
+    ("replicas_s.8", "8 replicas together, forward + reverse", "{:.3f} s"),
     (
         "first_hypergradient_s",
         "`first_hypergradient_s` (cold process, empty XLA cache)",
@@ -152,10 +162,10 @@ def render(
         "",
         f"Written by `{COMMAND}{' --quick' if quick else ''}` (do not edit by hand: a re-run "
         "replaces this section). Each column is "
-        f"{runs} run{'s' if runs != 1 else ''} of `revhpo bench --json` (`--large` for the "
-        "second), each a fresh process, "
-        "the two sizes alternating; every cell is the min–max over the runs of that run's "
-        "figure.",
+        f"{runs} run{'s' if runs != 1 else ''} of `revhpo bench --json` (`--large "
+        "--no-replicas` for the second, `--sizes 64,50,50,10 --batch 50` for the third: the "
+        "digits example's net), each a fresh process, the sizes taking turns; every cell is "
+        "the min–max over the runs of that run's figure (–: not measured at that size).",
         "",
         f"Measured: commit `{ident['commit']}`; engine files "
         f"({', '.join(f'`{f}`' for f in ENGINE_FILES)}) "
@@ -182,11 +192,6 @@ def render(
         names = [f["fastest_plain"] for f in ok[size]]
         fastest.append(", ".join(f"{n} ×{names.count(n)}" for n in sorted(set(names))) or "–")
     lines.append("| fastest plain loop (runs) | " + " | ".join(fastest) + " |")
-    lines.append(
-        "| `replicas_8_over_1` | "
-        + " | ".join("null (replicas are not implemented yet)" if ok[s] else "–" for s in results)
-        + " |"
-    )
     failed = {s: [f["error"] for f in figs if "error" in f] for s, figs in results.items()}
     every = [f for figs in ok.values() for f in figs]
     repeats = "/".join(sorted({str(f["repeats"]) for f in every})) or "?"
@@ -205,7 +210,8 @@ def render(
     lines += [
         "",
         "How each run measures (`revhpo bench`, `optimizers/benchmark.py: measure_engine`): "
-        "same net, synthetic teacher-labelled data (1,000 training examples), batch 200, "
+        "same net, synthetic teacher-labelled data (1,000 training examples), batch 200 "
+        "(50 for the digits net), "
         "float64, α = 0.1, γ = 0.9 and T for all. Plain loops, in hypergrad's convention "
         "(`v ← γv − (1−γ)∇L`, `w ← w + αv`): the whole T-step loop in one `tf.function` "
         "(`tf.while_loop`), the same with `jit_compile=True`, and one compiled step per Python "
@@ -223,6 +229,9 @@ def render(
         "a new empty folder (a first run on this machine); `first_hypergradient_warm_cache_s` "
         "is a second such process right after, whose XLA cache the first one filled (a later "
         "job of the same net). Not size-dependent: measured with the default size only. "
+        "Replicas: `hypergradients` trains and reverses 8 replicas (8 minibatch orders) in one "
+        "pass, each bit for bit its own run (`tests/test_reversible.py`); the time of one "
+        "forward + reverse of 8 over that of 1 (untimed once, then the median of the rounds). "
         'The section "optimizers: reversible SGD-momentum and hypergradients" '
         "below measured earlier engines against one compiled step per call "
         "(`*_over_plain_per_step` here).",

@@ -18,6 +18,7 @@ _EXPORTS = {
     "ExactnessError": "reversible",
     "HypergradResult": "reversible",
     "hypergradient": "reversible",
+    "hypergradients": "reversible",
     "make_stepper": "reversible",
     "minibatch_indices": "reversible",
     "minibatch_table": "reversible",

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,7 @@ from revhpo.optimizers.reversible import (
     TrainLoss,
     ValLoss,
     hypergradient,
+    hypergradients,
     make_stepper,
     minibatch_indices,
     minibatch_table,
@@ -277,6 +279,7 @@ def measure_engine(
     alpha: float = 0.1,
     gamma: float = 0.9,
     repeats: int = 5,
+    replicas: bool = True,
 ) -> dict:
     """Time the exact forward and reverse against three plain float loops, interleaved.
 
@@ -287,7 +290,9 @@ def measure_engine(
     passes it). The table is made once before the timed runs, for all four (its cost,
     ``index_table_s``, is in none of the times). Each of the four runs once untimed (tracing,
     compiling: ``warmup_s``), then ``repeats`` rounds run each once, in an order rotated every
-    round; every figure is the median over the rounds (``samples_s`` has them all).
+    round; every figure is the median over the rounds (``samples_s`` has them all). With
+    ``replicas``, also one forward + reverse of 1 and of 8 replicas trained together
+    (``replicas_s``, ``replicas_8_over_1``; None without).
 
     Returns:
         A JSON-able dict: ``plain_loop_s`` (per variant), ``fastest_plain``,
@@ -349,6 +354,7 @@ def measure_engine(
     fwd, rev = _median(samples["forward"]), _median(samples["reverse"])
     cert = exact[-1].certificate
     bound = float(cert.info_bound_bits)
+    replicas = _replicas_cost(problem, a, g, stepper, repeats) if replicas else None
     return {
         "n_params": problem.n_params,
         "steps": steps,
@@ -367,10 +373,42 @@ def measure_engine(
         "info_bound_bits": bound,
         "bits_over_bound": float(cert.bits_held) / bound if bound > 0 else None,
         "exact": bool(cert.ok),
+        "replicas_s": replicas,
+        "replicas_8_over_1": replicas["8"] / replicas["1"] if replicas else None,
         "index_table_s": table_s,
         "warmup_s": warmup,
         "samples_s": samples,
     }
+
+
+def _replicas_cost(
+    problem: BenchProblem, a: np.ndarray, g: np.ndarray, stepper: Any, repeats: int
+) -> dict[str, float]:
+    """Median seconds of one exact forward + reverse of 1 and of 8 replicas together
+    (:func:`hypergradients`; 8 different minibatch orders, the same initial weights: the work
+    does not depend on the values), after an untimed run of each (tracing)."""
+    tables = [
+        minibatch_table(problem.seed + r, a.shape[0], problem.n_train, problem.batch)
+        for r in range(8)
+    ]
+    out = {}
+    for count in (1, 8):
+
+        def run(count: int = count) -> None:
+            hypergradients(
+                problem.table_loss,
+                problem.val_loss,
+                [problem.w0] * count,
+                a,
+                g,
+                keys=tables[:count],
+                dtype=problem.dtype,
+                stepper=stepper,
+            )
+
+        run()
+        out[str(count)] = _median([_seconds(run) for _ in range(repeats)])
+    return out
 
 
 def measure(

@@ -29,7 +29,7 @@ from revhpo.nets import task_loss
 from revhpo.optimizers.hyperparams import Hypers, Parametrization
 from revhpo.optimizers.reversible import (
     HypergradResult,
-    hypergradient,
+    hypergradients,
     make_stepper,
     minibatch_table,
 )
@@ -267,38 +267,66 @@ class TuningProblem:
             DivergenceError: training diverged (non-finite, or fixed-point overflow).
             ExactnessError: the reverse pass was not exact (never silent).
         """
+        return self.evaluate_many(raw, [seed], callback)[0]
+
+    def evaluate_many(
+        self,
+        raw: Raw | None = None,
+        seeds: Sequence[int] = (0,),
+        callback: Callable[[str, int, int], None] | None = None,
+    ) -> list[Evaluation]:
+        """:meth:`evaluate` on several training seeds at once: their exact runs are replicas
+        of one pass (:func:`~revhpo.optimizers.hypergradients`), each equal bit for bit to
+        its own :meth:`evaluate`.
+
+        Raises:
+            DivergenceError: a seed's run diverged (``replica`` is its index in ``seeds`` when
+                there are several).
+            ExactnessError: a reverse pass was not exact (never silent).
+        """
         raw_t = self._raw_tensors(raw)
-        keys = list(raw_t)
-        with tf.GradientTape() as tape:
-            tape.watch([raw_t[k] for k in keys])
-            h, w0, theta = self._inputs(raw_t, seed)
-        res = hypergradient(
+        names = list(raw_t)
+        tapes, inputs = [], []
+        for seed in seeds:
+            with tf.GradientTape() as tape:
+                tape.watch([raw_t[k] for k in names])
+                inputs.append(self._inputs(raw_t, seed))
+            tapes.append(tape)
+        h, _, theta = inputs[0]  # the schedules and θ do not depend on the seed
+        results = hypergradients(
             self.train_loss,
             self.val_loss,
-            w0,
+            [w0 for _, w0, _ in inputs],
             h.alpha,
             h.gamma,
             theta,
-            key=self.minibatches(seed),
+            keys=[self.minibatches(seed) for seed in seeds],
             dtype=self.dtype,
             frac_bits=self.frac_bits,
             max_denominator=self.max_denominator,
             callback=callback,
             stepper=self._stepper,
         )
-        if not keys:
-            return Evaluation(res.val_loss, {}, res)
-        grads = tape.gradient(
-            [h.alpha, h.gamma, *theta, *w0],
-            [raw_t[k] for k in keys],
-            output_gradients=[
-                tf.cast(c, tf.float64) for c in (res.d_alpha, res.d_gamma, *res.d_theta, *res.d_w0)
-            ],
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-        return Evaluation(
-            res.val_loss, {k: g.numpy() for k, g in zip(keys, grads, strict=True)}, res
-        )
+        out = []
+        for tape, (h, w0, theta), res in zip(tapes, inputs, results, strict=True):
+            if not names:
+                out.append(Evaluation(res.val_loss, {}, res))
+                continue
+            grads = tape.gradient(
+                [h.alpha, h.gamma, *theta, *w0],
+                [raw_t[k] for k in names],
+                output_gradients=[
+                    tf.cast(c, tf.float64)
+                    for c in (res.d_alpha, res.d_gamma, *res.d_theta, *res.d_w0)
+                ],
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            out.append(
+                Evaluation(
+                    res.val_loss, {k: g.numpy() for k, g in zip(names, grads, strict=True)}, res
+                )
+            )
+        return out
 
     def train(self, raw: Raw | None = None, seed: int = 0) -> tuple[list[tf.Tensor], np.ndarray]:
         """Plain float SGD-momentum (no reversal): final weights and per-step training losses."""

@@ -39,6 +39,7 @@ from revhpo.precise import (
     DEFAULT_FRAC_BITS,
     DEFAULT_GROUP,
     DEFAULT_MAX_DENOMINATOR,
+    FixedPointOverflowError,
     InfoBuffer,
     Rational,
     group_div_kernel,
@@ -70,12 +71,14 @@ class DivergenceError(ArithmeticError):
     Attributes:
         step: the first training step at which it happened.
         reason: a human-readable reason.
+        replica: which of several replicas trained together diverged (None: a single run).
     """
 
-    def __init__(self, step: int, reason: str) -> None:
+    def __init__(self, step: int, reason: str, replica: int | None = None) -> None:
         super().__init__(f"training diverged at step {step}: {reason}")
         self.step = step
         self.reason = reason
+        self.replica = replica
 
 
 class ExactnessError(RuntimeError):
@@ -312,91 +315,109 @@ class _Stepper:
         packed = (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0))
         return packed + (ok, loss) + tuple(out[4:])
 
-    def _forward_chunk(self, w_p, v_p, r_p, t0, t1, tables, theta, key, layout):
-        """Exact steps ``t0 .. t1−1`` as one graph loop.
+    def _forward_chunk(self, states, t0, t1, tables, theta, keys, layout):
+        """Exact steps ``t0 .. t1−1`` of every replica as one graph loop.
 
+        ``states`` holds one packed ``(w, v, registers)`` per replica and ``keys`` its data
+        key; the replicas share the schedules and θ, and each step runs every replica's step
+        as its own ops (independent, so the runtime may run them in parallel; each replica's
+        ops are exactly those of a run of its own, hence bit for bit the same results).
         ``tables = (alpha, omg, n, d, shifts, spill)``: ``[T, K]`` schedules (``omg = 1 − γ``
-        as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut.
+        as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut
+        (the same for every replica: the plan depends on the rationals only).
 
         Returns:
-            The packed state after step ``t1 − 1``, the training losses and ok flags of the
-            chunk (``[t1 − t0]``), and the words cut at the chunk's spill steps, in step order
-            (``[spills, L]``, one packed row of every buffer's ``[G, M]`` words per spill).
+            Per replica: the packed state after step ``t1 − 1``, the training losses and ok
+            flags of the chunk (``[t1 − t0]``), and the words cut at the chunk's spill steps,
+            in step order (``[spills, L]``, one packed row of every buffer's ``[G, M]`` words
+            per spill).
         """
         alpha, omg, n, d, shifts, spill = tables
         groups = layout[1]
         width = sum(g * m for g, m in zip(groups, layout[2], strict=True))
         size = t1 - t0
-        losses = tf.TensorArray(tf.float64, size=size)
-        oks = tf.TensorArray(tf.bool, size=size)
-        words = tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[width])
+        reps = range(len(states))
+        losses = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
+        oks = tuple(tf.TensorArray(tf.bool, size=size) for _ in reps)
+        words = tuple(
+            tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[width]) for _ in reps
+        )
 
-        def body(t, w_p, v_p, r_p, losses, oks, words, count):
+        def body(t, states, losses, oks, words, count):
             row = (alpha[t], omg[t], n[t], d[t])
             cuts = tf.split(shifts[t], groups)
-            out = self._forward((w_p, v_p, r_p), row, theta, t, key, layout, cuts)
-            w_p, v_p, r_p, ok, loss, lo = out
-            lo_p = tf.ensure_shape(_pack(lo), [width])
-            words, count = tf.cond(
-                spill[t], lambda: (words.write(count, lo_p), count + 1), lambda: (words, count)
-            )
-            losses = losses.write(t - t0, tf.cast(loss, tf.float64))
-            return t + 1, w_p, v_p, r_p, losses, oks.write(t - t0, ok), words, count
+            new_states, new_losses, new_oks, cut_words = [], [], [], []
+            for r in reps:
+                w_p, v_p, r_p, ok, loss, lo = self._forward(
+                    states[r], row, theta, t, keys[r], layout, cuts
+                )
+                new_states.append((w_p, v_p, r_p))
+                new_losses.append(losses[r].write(t - t0, tf.cast(loss, tf.float64)))
+                new_oks.append(oks[r].write(t - t0, ok))
+                cut_words.append(tf.ensure_shape(_pack(lo), [width]))
 
-        _, w_p, v_p, r_p, losses, oks, words, _ = tf.while_loop(
+            def store():
+                return tuple(
+                    a.write(count, x) for a, x in zip(words, cut_words, strict=True)
+                ), count + 1
+
+            words, count = tf.cond(spill[t], store, lambda: (words, count))
+            return t + 1, tuple(new_states), tuple(new_losses), tuple(new_oks), words, count
+
+        _, states, losses, oks, words, _ = tf.while_loop(
             lambda t, *_: t < t1,
             body,
-            (t0, w_p, v_p, r_p, losses, oks, words, tf.constant(0)),
+            (t0, tuple(states), losses, oks, words, tf.constant(0)),
         )
-        return w_p, v_p, r_p, losses.stack(), oks.stack(), words.stack()
+        return tuple(
+            (*states[r], losses[r].stack(), oks[r].stack(), words[r].stack()) for r in reps
+        )
 
-    def _reverse_chunk(
-        self, w_p, v_p, r_p, dw_p, dv_p, dtheta, t0, t1, tables, local, theta, key, layout
-    ):
-        """Undo steps ``t1−1 .. t0`` as one graph loop, accumulating adjoints.
+    def _reverse_chunk(self, states, t0, t1, tables, local, theta, keys, layout):
+        """Undo steps ``t1−1 .. t0`` of every replica as one graph loop, accumulating adjoints.
 
-        ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``); ``local = (shifts, slot, words)``
-        for the chunk's steps: the cuts ``[t1 − t0, ΣG]``, the row of ``words`` holding each
-        step's cut words (−1: nothing was cut) and those words ``[≥1, L]``.
+        ``states`` holds one ``(w, v, registers, dw, dv, dθ)`` per replica (packed as in
+        :meth:`_forward_chunk`); ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``);
+        ``local = (shifts, slot, words)`` for the chunk's steps: the cuts ``[t1 − t0, ΣG]``
+        and the row of the words holding each step's cut words (−1: nothing was cut), the same
+        for every replica, and per replica those words ``[≥1, L]``.
 
         Returns:
-            The packed state before step ``t0`` and the adjoints, plus ``dα`` and ``dγ`` of the
-            chunk's steps (``[t1 − t0, K]``).
+            Per replica: the packed state before step ``t0`` and the adjoints, plus ``dα`` and
+            ``dγ`` of the chunk's steps (``[t1 − t0, K]``).
         """
         alpha, omg, n, d, gamma = tables
         shifts, slot, words = local
         groups, regs = layout[1], layout[2]
         size = t1 - t0
-        d_alpha = tf.TensorArray(tf.float64, size=size)
-        d_gamma = tf.TensorArray(tf.float64, size=size)
+        reps = range(len(states))
+        d_alpha = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
+        d_gamma = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
+        sizes = [g * m for g, m in zip(groups, regs, strict=True)]
 
-        def body(t, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma):
+        def body(t, states, d_alpha, d_gamma):
             i = t - t0
-            row = tf.gather(words, tf.maximum(slot[i], 0)) * tf.cast(slot[i] >= 0, tf.int64)
-            lo = [
-                tf.reshape(x, [g, m])
-                for x, g, m in zip(
-                    tf.split(row, [g * m for g, m in zip(groups, regs, strict=True)]),
-                    groups,
-                    regs,
-                    strict=True,
-                )
-            ]
-            state = (w_p, v_p, r_p, dw_p, dv_p, dtheta)
             row = (alpha[t], omg[t], n[t], d[t], gamma[t])
             cuts = tf.split(shifts[i], groups)
-            out = self._reverse(state, row, theta, t, key, layout, cuts, lo)
-            w_p, v_p, r_p, dw_p, dv_p, dtheta, da, dg = out
-            d_alpha, d_gamma = d_alpha.write(i, da), d_gamma.write(i, dg)
-            return t - 1, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma
+            new_states, new_da, new_dg = [], [], []
+            for r in reps:
+                cut = tf.gather(words[r], tf.maximum(slot[i], 0))
+                cut = cut * tf.cast(slot[i] >= 0, tf.int64)
+                lo = [
+                    tf.reshape(x, [g, m])
+                    for x, g, m in zip(tf.split(cut, sizes), groups, regs, strict=True)
+                ]
+                out = self._reverse(states[r], row, theta, t, keys[r], layout, cuts, lo)
+                new_states.append(out[:6])
+                new_da.append(d_alpha[r].write(i, out[6]))
+                new_dg.append(d_gamma[r].write(i, out[7]))
+            return t - 1, tuple(new_states), tuple(new_da), tuple(new_dg)
 
-        out = tf.while_loop(
-            lambda t, *_: t >= t0,
-            body,
-            (t1 - 1, w_p, v_p, r_p, dw_p, dv_p, list(dtheta), d_alpha, d_gamma),
+        states = tuple((*st[:5], list(st[5])) for st in states)
+        _, states, d_alpha, d_gamma = tf.while_loop(
+            lambda t, *_: t >= t0, body, (t1 - 1, states, d_alpha, d_gamma)
         )
-        _, w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha, d_gamma = out
-        return w_p, v_p, r_p, dw_p, dv_p, dtheta, d_alpha.stack(), d_gamma.stack()
+        return tuple((*states[r], d_alpha[r].stack(), d_gamma[r].stack()) for r in reps)
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -593,27 +614,31 @@ class _ExactState:
         )
 
 
-def _divergence(ok: np.ndarray, losses: np.ndarray, t0: int, frac_bits: int) -> DivergenceError:
+def _divergence(
+    ok: np.ndarray, losses: np.ndarray, t0: int, frac_bits: int, replica: int | None = None
+) -> DivergenceError:
     """The error for the first failed step of a chunk that starts at step ``t0``."""
     i = int(np.flatnonzero(~ok)[0])
     if not np.isfinite(losses[i]):
-        return DivergenceError(t0 + i, f"non-finite training loss ({losses[i]})")
+        return DivergenceError(t0 + i, f"non-finite training loss ({losses[i]})", replica)
     return DivergenceError(
         t0 + i,
         "non-finite gradient or fixed-point overflow "
         f"(|w|, |v| must stay below {max_abs_value(frac_bits):g})",
+        replica,
     )
 
 
 @dataclass(frozen=True)
 class _Pass:
-    """What the forward and the reverse pass of one run share: the compiled steps, the
-    schedules, θ, the data key, the progress callback and the chunk length."""
+    """What the forward and the reverse pass of one batch of replicas share: the compiled
+    steps, the schedules, θ, each replica's data key, the progress callback and the chunk
+    length."""
 
     st: _Stepper
     sc: _Schedules
     theta: list[tf.Tensor]
-    key: tf.Tensor | None
+    keys: tuple[tf.Tensor | None, ...]
     callback: Callback | None
     chunk: int
 
@@ -657,39 +682,42 @@ def _store_words(run: _ExactState, plans: list[list[Any]], steps: list[int], wor
                 b.after_mul(lo.reshape(b.group, b.registers), shifts=plan)
 
 
-def _forward_pass(p: _Pass, run: _ExactState) -> np.ndarray:
-    """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}``; returns the per-step training losses.
+def _forward_pass(p: _Pass, runs: Sequence[_ExactState]) -> list[np.ndarray]:
+    """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}`` of every replica; returns each one's
+    per-step training losses.
 
     The bits each ``γ`` multiplication destroys stay in the registers; before a register could
-    overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`)
-    and moved to host memory once per chunk.
+    overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`,
+    the same plan for every replica) and moved to host memory once per chunk.
 
     Raises:
-        DivergenceError: non-finite loss or gradient, or fixed-point overflow.
+        DivergenceError: non-finite loss or gradient, or fixed-point overflow (in the replica
+            its ``replica`` names; the first one, in replica order).
     """
-    plans, shifts, spill = _plan_forward(p, run)
+    planned = [_plan_forward(p, run) for run in runs]
+    _, shifts, spill = planned[0]
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
-    losses = []
+    losses: list[list[np.ndarray]] = [[] for _ in runs]
     for t0, t1 in p.chunks():
-        run.w_p, run.v_p, run.r_p, loss, ok, words = p.st.forward_chunk(
-            run.w_p,
-            run.v_p,
-            run.r_p,
+        out = p.st.forward_chunk(
+            tuple((run.w_p, run.v_p, run.r_p) for run in runs),
             tf.constant(t0),
             tf.constant(t1),
             tables,
             p.theta,
-            p.key,
-            run.layout,
+            p.keys,
+            runs[0].layout,
         )
-        loss, ok = loss.numpy(), ok.numpy()
-        if not ok.all():
-            raise _divergence(ok, loss, t0, run.frac_bits)
-        _store_words(run, plans, [t for t in range(t0, t1) if spill[t]], words.numpy())
-        losses.append(loss)
+        for r, (run, (plans, _, _), res) in enumerate(zip(runs, planned, out, strict=True)):
+            run.w_p, run.v_p, run.r_p = res[:3]
+            loss, ok = res[3].numpy(), res[4].numpy()
+            if not ok.all():
+                raise _divergence(ok, loss, t0, run.frac_bits, r if len(runs) > 1 else None)
+            _store_words(run, plans, [t for t in range(t0, t1) if spill[t]], res[5].numpy())
+            losses[r].append(loss)
         if p.callback:
             p.callback("forward", t1, p.sc.steps)
-    return np.concatenate(losses) if losses else np.zeros(0)
+    return [np.concatenate(x) if x else np.zeros(0) for x in losses]
 
 
 def _unplan_chunk(p: _Pass, run: _ExactState, t0: int, t1: int) -> tuple[tf.Tensor, ...]:
@@ -728,36 +756,55 @@ def _validation_adjoint(
 
 
 def _reverse_pass(
-    p: _Pass, run: _ExactState, dw: list[tf.Tensor]
-) -> tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]:
-    """Undo the T steps exactly, from ``dw = ∇f(w_T)``, ``dv = 0``, accumulating adjoints.
+    p: _Pass, runs: Sequence[_ExactState], dws: Sequence[list[tf.Tensor]]
+) -> list[tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]]:
+    """Undo the T steps of every replica exactly, from ``dw = ∇f(w_T)``, ``dv = 0``,
+    accumulating adjoints.
 
     Returns:
-        ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
+        Per replica ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
     """
-    dw_p = _pack(dw)
-    dv_p = tf.zeros_like(dw_p)
-    dtheta = [tf.zeros_like(x) for x in p.theta]
-    d_alpha = np.zeros_like(p.sc.alpha)
-    d_gamma = np.zeros_like(p.sc.alpha)
-    rest = [p.theta, p.key, run.layout]
+    states = [
+        (
+            run.w_p,
+            run.v_p,
+            run.r_p,
+            _pack(dw),
+            tf.zeros_like(_pack(dw)),
+            [tf.zeros_like(x) for x in p.theta],
+        )
+        for run, dw in zip(runs, dws, strict=True)
+    ]
+    d_alpha = [np.zeros_like(p.sc.alpha) for _ in runs]
+    d_gamma = [np.zeros_like(p.sc.alpha) for _ in runs]
+    rest = [p.theta, p.keys, runs[0].layout]
     traced = False
     for t0, t1 in reversed(p.chunks()):
-        local = _unplan_chunk(p, run, t0, t1)
-        state = [run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, tf.constant(t0), tf.constant(t1)]
+        locals_ = [_unplan_chunk(p, run, t0, t1) for run in runs]
+        local = (locals_[0][0], locals_[0][1], tuple(x[2] for x in locals_))
+        args = [tuple(states), tf.constant(t0), tf.constant(t1), p.sc.tables]
         if not traced:
             # The chunk's length and its number of cuts vary: trace once for any (a no-op
             # when this stepper already has that trace), never once per shape.
-            relaxed = tuple(tf.TensorSpec([None, *x.shape[1:]], x.dtype) for x in local)
-            p.st.reverse_chunk.get_concrete_function(*state, p.sc.tables, relaxed, *rest)
+            def relax(x: tf.Tensor) -> tf.TensorSpec:
+                return tf.TensorSpec([None, *x.shape[1:]], x.dtype)
+
+            relaxed = (relax(local[0]), relax(local[1]), tuple(relax(w) for w in local[2]))
+            p.st.reverse_chunk.get_concrete_function(*args, relaxed, *rest)
             traced = True
-        out = p.st.reverse_chunk(*state, p.sc.tables, local, *rest)
-        run.w_p, run.v_p, run.r_p, dw_p, dv_p, dtheta, da, dg = out
-        d_alpha[t0:t1] = da.numpy()
-        d_gamma[t0:t1] = dg.numpy()
+        out = p.st.reverse_chunk(*args, local, *rest)
+        states = []
+        for r, (run, res) in enumerate(zip(runs, out, strict=True)):
+            run.w_p, run.v_p, run.r_p = res[:3]
+            states.append((*res[:5], list(res[5])))
+            d_alpha[r][t0:t1] = res[6].numpy()
+            d_gamma[r][t0:t1] = res[7].numpy()
         if p.callback:
             p.callback("reverse", p.sc.steps - t0, p.sc.steps)
-    return d_alpha, d_gamma, list(dtheta), _unpack(dw_p, run.shapes)
+    return [
+        (d_alpha[r], d_gamma[r], list(st[5]), _unpack(st[3], run.shapes))
+        for r, (run, st) in enumerate(zip(runs, states, strict=True))
+    ]
 
 
 def _key_tensor(key: Any) -> tf.Tensor | None:
@@ -816,39 +863,123 @@ def hypergradient(
         ValueError: malformed schedules.
     """
     require_exact_ops()
-    sc = _schedules(alpha, gamma, len(w0), max_denominator)
+    return hypergradients(
+        train_loss,
+        val_loss,
+        [w0],
+        alpha,
+        gamma,
+        theta,
+        keys=[key],
+        dtype=dtype,
+        frac_bits=frac_bits,
+        max_denominator=max_denominator,
+        callback=callback,
+        stepper=stepper,
+        chunk_steps=chunk_steps,
+    )[0]
+
+
+def hypergradients(
+    train_loss: TrainLoss,
+    val_loss: ValLoss,
+    w0s: Sequence[Sequence[tf.Tensor]],
+    alpha: tf.Tensor | np.ndarray,
+    gamma: tf.Tensor | np.ndarray,
+    theta: Sequence[tf.Tensor] = (),
+    *,
+    keys: Sequence[Any] | None = None,
+    dtype: tf.DType = tf.float64,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    max_denominator: int = DEFAULT_MAX_DENOMINATOR,
+    callback: Callback | None = None,
+    stepper: _Stepper | None = None,
+    chunk_steps: int = CHUNK_STEPS,
+) -> list[HypergradResult]:
+    """:func:`hypergradient` of R replicas trained together: one pass over the steps trains
+    and then reverses every replica (initial weights ``w0s[r]``, data key ``keys[r]``; the
+    schedules and θ are shared).
+
+    Each replica has its own exact state, information buffer and certificate, and runs
+    exactly the operations a run of its own would, so its result equals
+    ``hypergradient(..., w0s[r], ..., key=keys[r])`` bit for bit; the replicas' operations are
+    independent, so TensorFlow may run them in parallel, and each chunk of steps costs one
+    host round trip for all of them. ``timings`` are those of the whole batch. Tracing is per
+    replica count (a stepper keeps one trace per R).
+
+    Raises:
+        DivergenceError: a replica diverged (its index in ``replica`` when R > 1); no result
+            is returned for the others.
+        ExactnessError: a replica's reversal was not bit-exact.
+        ValueError: malformed schedules, or ``keys`` not one per replica.
+    """
+    require_exact_ops()
+    if not w0s:
+        raise ValueError("`w0s` must hold at least one replica's initial weights. Received: []")
+    keys = [None] * len(w0s) if keys is None else list(keys)
+    if len(keys) != len(w0s):
+        raise ValueError(
+            f"`keys` must hold one key per replica. Received: {len(keys)} keys, {len(w0s)} replicas"
+        )
+    k = len(w0s[0])
+    sc = _schedules(alpha, gamma, k, max_denominator)
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
-    st = stepper or _Stepper(train_loss, len(w0), dtype, frac_bits)
+    st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
+    many = len(w0s) > 1
 
     t0 = time.perf_counter()
-    run = _ExactState(w0, frac_bits, sc)
-    p = _Pass(st, sc, theta, _key_tensor(key), callback, max(1, int(chunk_steps)))
-    losses = _forward_pass(p, run)
+    runs = []
+    for r, w0 in enumerate(w0s):
+        try:
+            runs.append(_ExactState(w0, frac_bits, sc))
+        except FixedPointOverflowError as exc:
+            exc.replica = r if many else None  # which replica's initial weights
+            raise
+    keys_t = tuple(_key_tensor(key) for key in keys)
+    p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
+    losses = _forward_pass(p, runs)
     t_forward = time.perf_counter() - t0
-    bits_held, info_bound = run.spill()
+    held = [run.spill() for run in runs]
 
     t1 = time.perf_counter()
-    w_final = run.weights(dtype)
-    f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps)
-    d_alpha, d_gamma, d_theta, d_w0 = _reverse_pass(p, run, dw)
+    w_finals, f_vals, dws = [], [], []
+    for r, run in enumerate(runs):
+        w_final = run.weights(dtype)
+        try:
+            f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps)
+        except DivergenceError as exc:
+            raise DivergenceError(exc.step, exc.reason, r if many else None) from None
+        w_finals.append(w_final)
+        f_vals.append(f_val)
+        dws.append(dw)
+    grads = _reverse_pass(p, runs, dws)
     t_reverse = time.perf_counter() - t1
 
-    cert = run.certify(bits_held, info_bound)
-    if not cert.ok:
-        raise ExactnessError(cert, _exactness_hint(dtype))
-    _check_finite(sc.steps, d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0)
-    return HypergradResult(
-        val_loss=f_val,
-        w_final=w_final,
-        d_alpha=tf.constant(d_alpha),
-        d_gamma=tf.constant(d_gamma),
-        d_theta=d_theta,
-        d_w0=d_w0,
-        gamma_applied=sc.gamma_applied,
-        train_losses=losses,
-        certificate=cert,
-        timings={"forward_s": t_forward, "reverse_s": t_reverse},
-    )
+    out = []
+    for r, (run, (bits_held, info_bound), g) in enumerate(zip(runs, held, grads, strict=True)):
+        cert = run.certify(bits_held, info_bound)
+        if not cert.ok:
+            raise ExactnessError(cert, _exactness_hint(dtype))
+        d_alpha, d_gamma, d_theta, d_w0 = g
+        try:
+            _check_finite(sc.steps, d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0)
+        except DivergenceError as exc:
+            raise DivergenceError(exc.step, exc.reason, r if many else None) from None
+        out.append(
+            HypergradResult(
+                val_loss=f_vals[r],
+                w_final=w_finals[r],
+                d_alpha=tf.constant(d_alpha),
+                d_gamma=tf.constant(d_gamma),
+                d_theta=d_theta,
+                d_w0=d_w0,
+                gamma_applied=sc.gamma_applied,
+                train_losses=losses[r],
+                certificate=cert,
+                timings={"forward_s": t_forward, "reverse_s": t_reverse},
+            )
+        )
+    return out
 
 
 def _check_finite(steps: int, **grads: Any) -> None:

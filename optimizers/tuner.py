@@ -372,21 +372,17 @@ class Tuner:
         rec["seeds"] = [int(s) for s in seeds]
         rec["select_loss"] = state.select_loss
         rec["hypers"] = _hyper_summary(self.problem, state.raw)
-        evs = []
-        for seed in seeds:
-            ev, failure = self._hypergradient(state, seed)
-            if failure is not None:
-                rec.update(
-                    diverged=True,
-                    divergence_seed=int(seed),
-                    divergence_step=int(failure[0]),
-                    divergence_reason=failure[1],
-                    divergence_kind=failure[2],
-                )
-                rec["time_s"] = time.perf_counter() - t0
-                return self._after_divergence(state, rec, failure), rec
-            evs.append(ev)
-        assert evs[0] is not None
+        evs, failure = self._hypergradients(state, seeds)
+        if failure is not None:
+            rec.update(
+                diverged=True,
+                divergence_seed=int(failure[3]),
+                divergence_step=int(failure[0]),
+                divergence_reason=failure[1],
+                divergence_kind=failure[2],
+            )
+            rec["time_s"] = time.perf_counter() - t0
+            return self._after_divergence(state, rec, failure[:3]), rec
         rec.update(_evaluation_record(self.problem, evs[0]))
         rec["objective"] = float(np.mean([ev.val_loss for ev in evs]))
         grads = {k: np.mean([ev.grads[k] for ev in evs], axis=0) for k in evs[0].grads}
@@ -454,13 +450,14 @@ class Tuner:
             )
         return state
 
-    def _hypergradient(
-        self, state: MetaState, seed: int
-    ) -> tuple[Evaluation | None, tuple[int, str, str] | None]:
-        """The evaluation, or ``(step, reason, kind)`` when training or its hypergradient
-        failed; ``kind`` is :data:`FIXED_POINT_RANGE` when a weight is outside the fixed-point
-        range (the initial weights: a divergence at step 0, never a crash), else
-        ``"divergence"``."""
+    def _hypergradients(
+        self, state: MetaState, seeds: Sequence[int]
+    ) -> tuple[list[Evaluation], tuple[int, str, str, int] | None]:
+        """The evaluations on ``seeds`` (one pass of replicas when the problem has
+        ``evaluate_many``, else one run per seed), or ``(step, reason, kind, seed)`` when a
+        seed's training or its hypergradient failed; ``kind`` is :data:`FIXED_POINT_RANGE`
+        when a weight is outside the fixed-point range (the initial weights: a divergence at
+        step 0, never a crash), else ``"divergence"``."""
 
         def on_step(phase: str, step: int, total: int) -> None:
             if step == total or step % 10 == 0:
@@ -474,21 +471,36 @@ class Tuner:
                     }
                 )
 
-        try:
-            ev = self.problem.evaluate(state.raw, seed, callback=on_step)
-        except DivergenceError as exc:
-            return None, (exc.step, exc.reason, "divergence")
-        except FixedPointOverflowError as exc:
-            reason = " ".join(str(exc).split())  # one line
-            return None, (
-                int(getattr(exc, "step", None) or 0),
-                f"outside the fixed-point range: {reason}",
-                FIXED_POINT_RANGE,
+        def failed_seed(exc: Exception, default: int) -> int:
+            replica = getattr(exc, "replica", None)
+            return int(seeds[replica]) if replica is not None else default
+
+        many = getattr(self.problem, "evaluate_many", None)
+        batches = [list(seeds)] if many is not None else [[s] for s in seeds]
+        evs: list[Evaluation] = []
+        for batch in batches:
+            try:
+                if many is not None:
+                    evs += many(state.raw, batch, callback=on_step)
+                else:
+                    evs.append(self.problem.evaluate(state.raw, batch[0], callback=on_step))
+            except DivergenceError as exc:
+                return [], (exc.step, exc.reason, "divergence", failed_seed(exc, batch[0]))
+            except FixedPointOverflowError as exc:
+                reason = " ".join(str(exc).split())  # one line
+                return [], (
+                    int(getattr(exc, "step", None) or 0),
+                    f"outside the fixed-point range: {reason}",
+                    FIXED_POINT_RANGE,
+                    failed_seed(exc, batch[0]),
+                )
+        for seed, ev in zip(seeds, evs, strict=True):
+            finite = np.isfinite(ev.val_loss) and all(
+                np.all(np.isfinite(g)) for g in ev.grads.values()
             )
-        finite = np.isfinite(ev.val_loss) and all(np.all(np.isfinite(g)) for g in ev.grads.values())
-        if finite:
-            return ev, None
-        return None, (self.problem.steps, "non-finite hypergradient", "divergence")
+            if not finite:
+                return [], (self.problem.steps, "non-finite hypergradient", "divergence", seed)
+        return evs, None
 
     def _after_divergence(
         self, state: MetaState, rec: dict[str, Any], failure: tuple[int, str, str]

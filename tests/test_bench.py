@@ -139,8 +139,8 @@ def test_bench_json_prints_every_documented_figure():
     assert fig["first_hypergradient"]["steps"] == 4
     assert fig["first_hypergradient_warm_cache_s"] > 0
     assert fig["first_hypergradient_warm_cache"]["exact"] is True
-    assert (
-        fig["replicas_8_over_1"] is None and "not implemented" in fig["notes"]["replicas_8_over_1"]
-    )
+    rep = fig["replicas_s"]
+    assert set(rep) == {"1", "8"} and all(math.isfinite(v) and v > 0 for v in rep.values())
+    assert fig["replicas_8_over_1"] == pytest.approx(rep["8"] / rep["1"])
     assert fig["exact"] is True and fig["steps"] == 4 and fig["sizes"] == [6, 5, 3]
     assert all(len(v) == 2 for v in fig["samples_s"].values())

@@ -9,6 +9,7 @@ from revhpo.optimizers import (
     ExactnessError,
     PlainSGD,
     hypergradient,
+    hypergradients,
     minibatch_indices,
     minibatch_table,
     unrolled_hypergradient,
@@ -225,3 +226,59 @@ def test_group_size_grows_when_little_information_per_step_is_kept():
     many = [rationalize(0.5, 2**16)] * 500
     assert group_size(many) == 16 < group_size(few) <= 256
     assert group_size([rationalize(1.0, 2**16)] * 10) == 16  # nothing lost: default
+
+
+# ------------------------------------------------------------------------------------ replicas
+def _tiny_problem(steps=30):
+    from revhpo.service.spec import load_spec
+    from revhpo.service.tuning import build_problem
+
+    doc = {
+        "dataset": {"kind": "synthetic", "n_samples": 90, "n_features": 6, "n_classes": 3},
+        "net": {"family": "mlp", "sizes": [5], "activation": "tanh"},
+        "training": {"steps": steps, "batch_size": 10},
+        "hyperparameters": {
+            "learning_rate": {"init": 0.3, "tune": True, "granularity": "per_layer_per_step"},
+            "momentum": {"init": 0.95, "tune": True, "granularity": "per_step"},
+            "weight_decay": {"init": 0.01, "tune": True, "granularity": "per_layer"},
+            "init_scale": {"init": 1.0, "tune": True, "granularity": "per_layer"},
+        },
+    }
+    return build_problem(load_spec(doc))
+
+
+def test_replicas_equal_separate_runs_bit_for_bit():
+    """R seeds trained and reversed together: every replica's hypergradients, final weights,
+    losses and certificate equal its own separate run's, with equality on every bit."""
+    problem = _tiny_problem()
+    raw = problem.initial_raw()
+    seeds = [3, 11, 4]
+    together = problem.evaluate_many(raw, seeds)
+    for seed, ev in zip(seeds, together, strict=True):
+        alone = problem.evaluate(raw, seed)
+        assert ev.hyper.certificate.ok and ev.hyper.certificate == alone.hyper.certificate
+        assert ev.val_loss == alone.val_loss
+        assert sorted(ev.grads) == sorted(alone.grads)
+        for k in ev.grads:
+            np.testing.assert_array_equal(ev.grads[k], alone.grads[k])
+        for a, b in zip(ev.hyper.w_final, alone.hyper.w_final, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(ev.hyper.train_losses, alone.hyper.train_losses)
+    assert together[0].val_loss != together[1].val_loss  # the replicas did differ
+
+
+def test_a_diverging_replica_is_named():
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+
+    def poisoned(w, th, t, key):  # replica 1 (key 2) turns non-finite at step 7
+        loss = train_loss(w, th, t)
+        return tf.where((t >= 7) & (key == 2), tf.constant(np.nan, loss.dtype), loss)
+
+    alpha, gamma = schedules(20, len(w0))
+    with pytest.raises(DivergenceError, match="step 7: non-finite training loss") as info:
+        hypergradients(poisoned, val_loss, [w0, w0, w0], alpha, gamma, theta, keys=[1, 2, 3])
+    assert info.value.replica == 1
+    ok = hypergradients(poisoned, val_loss, [w0, w0], alpha, gamma, theta, keys=[1, 3])
+    assert [r.certificate.ok for r in ok] == [True, True]
+    with pytest.raises(ValueError, match="one key per replica"):
+        hypergradients(poisoned, val_loss, [w0, w0], alpha, gamma, theta, keys=[1])

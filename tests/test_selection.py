@@ -305,21 +305,22 @@ def test_edge_points():
 
 
 def test_hypergradients_are_averaged_over_disjoint_seeds(problem):
-    seen = []
-    evaluate = problem.evaluate
+    seen, batches = [], []
+    evaluate_many = problem.evaluate_many
 
-    def recording(raw, seed, callback=None):
-        ev = evaluate(raw, seed, callback)
-        seen.append((seed, ev.grads))
-        return ev
+    def recording(raw, seeds, callback=None):
+        evs = evaluate_many(raw, seeds, callback)
+        batches.append(list(seeds))
+        seen.extend((seed, ev.grads) for seed, ev in zip(seeds, evs, strict=True))
+        return evs
 
-    problem.evaluate = recording
+    problem.evaluate_many = recording
     try:
         with Scripted(problem, of_raw=lambda raw: 1.0):
             out = Tuner(problem, config(iterations=2, seeds_per_iteration=3, clip_norm=None)).run()
     finally:
-        problem.evaluate = evaluate
-    assert [s for s, _ in seen] == [3, 4, 5, 6, 7, 8]
+        problem.evaluate_many = evaluate_many
+    assert batches == [[3, 4, 5], [6, 7, 8]]  # one pass of 3 replicas per meta-iteration
     h0 = out.state.history[0]
     assert h0["seeds"] == [3, 4, 5]
     mean = {k: np.mean([g[k] for _, g in seen[:3]], axis=0) for k in seen[0][1]}
