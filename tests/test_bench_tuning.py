@@ -13,7 +13,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+# one test process runs the whole module: its module fixture is minutes of real work
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench_tuning")]
 
 ROOT = Path(__file__).resolve().parents[1]
 
