@@ -13,8 +13,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-# one test process runs the whole module: its module fixture is minutes of real work
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench_tuning")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

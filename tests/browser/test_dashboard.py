@@ -29,8 +29,7 @@ from dash_helpers import (
 )
 from playwright.sync_api import expect
 
-# one test process runs the whole module: its module fixture is minutes of real work
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard")]
+pytestmark = pytest.mark.slow
 
 LIVE_ITERATIONS = 20  # about 0.2-0.5 s each once compiled: long enough to watch it advance
 T = 20
