@@ -682,7 +682,9 @@ def _store_words(run: _ExactState, plans: list[list[Any]], steps: list[int], wor
                 b.after_mul(lo.reshape(b.group, b.registers), shifts=plan)
 
 
-def _forward_pass(p: _Pass, runs: Sequence[_ExactState]) -> list[np.ndarray]:
+def _forward_pass(
+    p: _Pass, runs: Sequence[_ExactState], labels: Sequence[int | None]
+) -> list[np.ndarray]:
     """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}`` of every replica; returns each one's
     per-step training losses.
 
@@ -691,8 +693,8 @@ def _forward_pass(p: _Pass, runs: Sequence[_ExactState]) -> list[np.ndarray]:
     the same plan for every replica) and moved to host memory once per chunk.
 
     Raises:
-        DivergenceError: non-finite loss or gradient, or fixed-point overflow (in the replica
-            its ``replica`` names; the first one, in replica order).
+        DivergenceError: non-finite loss or gradient, or fixed-point overflow (``replica``:
+            the label in ``labels`` of the first such replica, in replica order).
     """
     planned = [_plan_forward(p, run) for run in runs]
     _, shifts, spill = planned[0]
@@ -712,7 +714,7 @@ def _forward_pass(p: _Pass, runs: Sequence[_ExactState]) -> list[np.ndarray]:
             run.w_p, run.v_p, run.r_p = res[:3]
             loss, ok = res[3].numpy(), res[4].numpy()
             if not ok.all():
-                raise _divergence(ok, loss, t0, run.frac_bits, r if len(runs) > 1 else None)
+                raise _divergence(ok, loss, t0, run.frac_bits, labels[r])
             _store_words(run, plans, [t for t in range(t0, t1) if spill[t]], res[5].numpy())
             losses[r].append(loss)
         if p.callback:
@@ -743,15 +745,16 @@ def _unplan_chunk(p: _Pass, run: _ExactState, t0: int, t1: int) -> tuple[tf.Tens
 
 
 def _validation_adjoint(
-    val_loss: ValLoss, w_final: list[tf.Tensor], steps: int
+    val_loss: ValLoss, w_final: list[tf.Tensor], steps: int, replica: int | None = None
 ) -> tuple[float, list[tf.Tensor]]:
-    """``f(w_T)`` and ``dw = ∇f(w_T)`` (float64), the reverse pass's starting adjoint."""
+    """``f(w_T)`` and ``dw = ∇f(w_T)`` (float64), the reverse pass's starting adjoint
+    (a non-finite ``f`` is a :class:`DivergenceError` of ``replica``)."""
     with tf.GradientTape() as tape:
         tape.watch(w_final)
         f_val = val_loss(w_final)
     grads = tape.gradient(f_val, w_final, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if not np.isfinite(float(f_val)):
-        raise DivergenceError(steps, f"non-finite validation loss ({float(f_val)})")
+        raise DivergenceError(steps, f"non-finite validation loss ({float(f_val)})", replica)
     return float(f_val), [tf.cast(g, tf.float64) for g in grads]
 
 
@@ -764,16 +767,10 @@ def _reverse_pass(
     Returns:
         Per replica ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
     """
+    dw_ps = [_pack(dw) for dw in dws]
     states = [
-        (
-            run.w_p,
-            run.v_p,
-            run.r_p,
-            _pack(dw),
-            tf.zeros_like(_pack(dw)),
-            [tf.zeros_like(x) for x in p.theta],
-        )
-        for run, dw in zip(runs, dws, strict=True)
+        (run.w_p, run.v_p, run.r_p, dw_p, tf.zeros_like(dw_p), [tf.zeros_like(x) for x in p.theta])
+        for run, dw_p in zip(runs, dw_ps, strict=True)
     ]
     d_alpha = [np.zeros_like(p.sc.alpha) for _ in runs]
     d_gamma = [np.zeros_like(p.sc.alpha) for _ in runs]
@@ -862,7 +859,6 @@ def hypergradient(
         ExactnessError: the reversal was not bit-exact.
         ValueError: malformed schedules.
     """
-    require_exact_ops()
     return hypergradients(
         train_loss,
         val_loss,
@@ -925,30 +921,27 @@ def hypergradients(
     sc = _schedules(alpha, gamma, k, max_denominator)
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
     st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
-    many = len(w0s) > 1
+    labels = [r if len(w0s) > 1 else None for r in range(len(w0s))]  # errors' `replica`
 
     t0 = time.perf_counter()
     runs = []
-    for r, w0 in enumerate(w0s):
+    for label, w0 in zip(labels, w0s, strict=True):
         try:
             runs.append(_ExactState(w0, frac_bits, sc))
         except FixedPointOverflowError as exc:
-            exc.replica = r if many else None  # which replica's initial weights
+            exc.replica = label  # which replica's initial weights
             raise
     keys_t = tuple(_key_tensor(key) for key in keys)
     p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
-    losses = _forward_pass(p, runs)
+    losses = _forward_pass(p, runs, labels)
     t_forward = time.perf_counter() - t0
     held = [run.spill() for run in runs]
 
     t1 = time.perf_counter()
     w_finals, f_vals, dws = [], [], []
-    for r, run in enumerate(runs):
+    for label, run in zip(labels, runs, strict=True):
         w_final = run.weights(dtype)
-        try:
-            f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps)
-        except DivergenceError as exc:
-            raise DivergenceError(exc.step, exc.reason, r if many else None) from None
+        f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps, label)
         w_finals.append(w_final)
         f_vals.append(f_val)
         dws.append(dw)
@@ -961,10 +954,9 @@ def hypergradients(
         if not cert.ok:
             raise ExactnessError(cert, _exactness_hint(dtype))
         d_alpha, d_gamma, d_theta, d_w0 = g
-        try:
-            _check_finite(sc.steps, d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0)
-        except DivergenceError as exc:
-            raise DivergenceError(exc.step, exc.reason, r if many else None) from None
+        _check_finite(
+            sc.steps, labels[r], d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0
+        )
         out.append(
             HypergradResult(
                 val_loss=f_vals[r],
@@ -982,15 +974,16 @@ def hypergradients(
     return out
 
 
-def _check_finite(steps: int, **grads: Any) -> None:
-    """Raise :class:`DivergenceError` when a hypergradient has a non-finite entry: an exact
-    reversal of a run whose second-order terms overflowed is still no valid result."""
+def _check_finite(steps: int, replica: int | None, **grads: Any) -> None:
+    """Raise :class:`DivergenceError` (of ``replica``) when a hypergradient has a non-finite
+    entry: an exact reversal of a run whose second-order terms overflowed is still no valid
+    result."""
     for name, g in grads.items():
         parts = g if isinstance(g, list) else [g]
         bad = sum(int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x)))) for x in parts)
         if bad:
             raise DivergenceError(
-                steps, f"non-finite hypergradient: {bad} non-finite entries in {name}"
+                steps, f"non-finite hypergradient: {bad} non-finite entries in {name}", replica
             )
 
 
