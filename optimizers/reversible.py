@@ -26,9 +26,13 @@ equal the originals bit for bit and every buffer must be empty, otherwise
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +57,8 @@ from revhpo.precise import (
 )
 
 from revhpo.runtime import require_exact_ops
+
+log = logging.getLogger(__name__)
 
 #: ``L(w, θ, t)`` or ``L(w, θ, t, key)`` (see :func:`hypergradient`'s ``key``).
 TrainLoss = Callable[..., tf.Tensor]
@@ -234,12 +240,18 @@ def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
 
 
 class _Stepper:
-    """Compiled forward / reverse steps for one training problem (shared across calls).
+    """Compiled forward / reverse chunks for one training problem (shared across calls).
 
-    The float part (loss, gradient, fused HVP) is a plain ``tf.function``; the integer part of
-    each step is a separate function compiled with XLA when ``xla`` is set, which fuses its
-    dozens of elementwise int64 ops into one pass. Integer results are exact and the only float
-    ops there are single products (``(1−γ)·g``, ``α·v``), so compiling changes no bit.
+    With ``xla`` (the default) each chunk of steps — loss, gradient, fused HVP, the exact
+    integer update and the buffer's register cuts, for every replica — is one XLA program: a
+    ``tf.while_loop`` compiled whole, so a step costs no runtime dispatch and the schedules,
+    index tables and cut words stay on the device for the chunk. The reverse pass recomputes
+    every forward gradient in another program; each program is a deterministic function of
+    its inputs, and the certificate checks that the two agreed bit for bit. Should a net's
+    ops not compile, or a reversal not certify, :meth:`demote` falls back (once, logged) to
+    the graph-runtime loop below, where the float ops are plain TensorFlow kernels and only
+    the integer part of each step is compiled (integer results are exact and its float ops
+    are single products, so compiling it changes no bit).
     """
 
     def __init__(
@@ -249,15 +261,37 @@ class _Stepper:
         self.k = k
         self.dtype = dtype
         self.frac_bits = frac_bits
+        self.xla = xla
+        self._build(whole=xla)
+
+    def _build(self, whole: bool) -> None:
+        """Make the compiled functions: whole chunks under XLA, or graph loops calling
+        XLA-compiled integer steps (``self.xla``)."""
+        self.whole = whole
         # Graph control flow is explicit (tf.while_loop, tf.cond): autograph's source
         # conversion would only add tracing time.
-        compiled = {"jit_compile": xla, "autograph": False}
-        self._update = tf.function(self._exact_update, **compiled)
-        self._undo_pos = tf.function(self._undo_position, **compiled)
-        self._undo_vel = tf.function(self._undo_velocity, **compiled)
-        loop = {"reduce_retracing": True, "autograph": False}
+        if whole:  # inlined into the chunk's program
+            self._update, self._undo_pos, self._undo_vel = (
+                self._exact_update,
+                self._undo_position,
+                self._undo_velocity,
+            )
+        else:
+            compiled = {"jit_compile": self.xla, "autograph": False}
+            self._update = tf.function(self._exact_update, **compiled)
+            self._undo_pos = tf.function(self._undo_position, **compiled)
+            self._undo_vel = tf.function(self._undo_velocity, **compiled)
+        loop = {"reduce_retracing": True, "autograph": False, "jit_compile": whole}
         self.forward_chunk = tf.function(self._forward_chunk, **loop)
         self.reverse_chunk = tf.function(self._reverse_chunk, **loop)
+
+    def demote(self, why: str) -> bool:
+        """Fall back from whole-chunk XLA programs to graph loops; False when already there."""
+        if not self.whole:
+            return False
+        log.warning("exact engine: %s; running the steps as graph loops instead", why)
+        self._build(whole=False)
+        return True
 
     def _weights(self, w_ints: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [to_float(q, self.frac_bits, self.dtype) for q in w_ints]
@@ -296,13 +330,11 @@ class _Stepper:
     def _forward(self, state, row, theta, t, key, layout, shifts=None):
         """One exact step: new (w, v, registers), an ok flag, the loss [, words moved out].
 
-        ``state = (w, v, registers)`` packed; ``row = (α, 1 − γ, n, d)`` of step ``t`` (``[K]``
-        each).
-
-        The state is packed: weights, velocities and registers as one flat tensor each
-        (``layout = (shapes, groups, register sizes)``, static).
+        ``state = (w, v, registers)``, a list of ``K`` tensors each; ``row = (α, 1 − γ, n, d)``
+        of step ``t`` (``[K]`` each); ``layout = (shapes, groups, register sizes)``, static.
         """
-        w_ints, v_ints, regs, groups = _unpack_state(*state, layout)
+        w_ints, v_ints, regs = state
+        groups = layout[1]
         alpha, omg, n, d = row
         w = self._weights(w_ints)
         theta = [tf.cast(x, self.dtype) for x in theta]
@@ -312,10 +344,9 @@ class _Stepper:
         grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         out = self._update(w_ints, v_ints, regs, grads, alpha, omg, n, d, groups, shifts)
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
-        packed = (_pack(out[0]), _pack(out[1]), tf.concat(out[2], 0))
-        return packed + (ok, loss) + tuple(out[4:])
+        return (out[0], out[1], out[2], ok, loss) + tuple(out[4:])
 
-    def _forward_chunk(self, states, t0, t1, tables, theta, keys, layout):
+    def _forward_chunk(self, states, t0, t1, tables, theta, keys, layout, size, capacity):
         """Exact steps ``t0 .. t1−1`` of every replica as one graph loop.
 
         ``states`` holds one packed ``(w, v, registers)`` per replica and ``keys`` its data
@@ -326,70 +357,88 @@ class _Stepper:
         as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut
         (the same for every replica: the plan depends on the rationals only).
 
+        ``size`` (static, ``≥ t1 − t0``) and ``capacity`` (static, ``≥`` the chunk's spill
+        steps) size the outputs, so every chunk of a pass has one shape (one compilation).
+
         Returns:
             Per replica: the packed state after step ``t1 − 1``, the training losses and ok
-            flags of the chunk (``[t1 − t0]``), and the words cut at the chunk's spill steps,
-            in step order (``[spills, L]``, one packed row of every buffer's ``[G, M]`` words
-            per spill).
+            flags of the chunk (``[size]``, the first ``t1 − t0`` meaningful), and the words
+            cut at the chunk's spill steps, in step order (``[capacity + 1, L]``, one packed
+            row of every buffer's ``[G, M]`` words per spill; rows past the spills are not
+            meaningful).
         """
         alpha, omg, n, d, shifts, spill = tables
         groups = layout[1]
         width = sum(g * m for g, m in zip(groups, layout[2], strict=True))
-        size = t1 - t0
         reps = range(len(states))
         losses = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
         oks = tuple(tf.TensorArray(tf.bool, size=size) for _ in reps)
-        words = tuple(
-            tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[width]) for _ in reps
-        )
+        # Row `capacity` takes the words of steps that cut nothing when stores are
+        # unconditional (a conditional store makes XLA copy the whole table each step).
+        words = tuple(tf.zeros([capacity + 1, width], tf.int64) for _ in reps)
 
         def body(t, states, losses, oks, words, count):
             row = (alpha[t], omg[t], n[t], d[t])
             cuts = tf.split(shifts[t], groups)
             new_states, new_losses, new_oks, cut_words = [], [], [], []
             for r in reps:
-                w_p, v_p, r_p, ok, loss, lo = self._forward(
+                w, v, reg, ok, loss, lo = self._forward(
                     states[r], row, theta, t, keys[r], layout, cuts
                 )
-                new_states.append((w_p, v_p, r_p))
+                new_states.append((w, v, reg))
                 new_losses.append(losses[r].write(t - t0, tf.cast(loss, tf.float64)))
                 new_oks.append(oks[r].write(t - t0, ok))
                 cut_words.append(tf.ensure_shape(_pack(lo), [width]))
 
-            def store():
+            def store(at):
                 return tuple(
-                    a.write(count, x) for a, x in zip(words, cut_words, strict=True)
-                ), count + 1
+                    tf.tensor_scatter_nd_update(a, [[at]], [x])
+                    for a, x in zip(words, cut_words, strict=True)
+                )
 
-            words, count = tf.cond(spill[t], store, lambda: (words, count))
+            if self.whole:
+                words = store(tf.where(spill[t], count, capacity))
+            else:
+                words = tf.cond(spill[t], lambda: store(count), lambda: words)
+            count += tf.cast(spill[t], tf.int32)
             return t + 1, tuple(new_states), tuple(new_losses), tuple(new_oks), words, count
 
+        # The loop carries every tensor's state on its own; packing is per chunk, not per step.
+        states = tuple(_unpack_state(*st, layout)[:3] for st in states)
         _, states, losses, oks, words, _ = tf.while_loop(
             lambda t, *_: t < t1,
             body,
-            (t0, tuple(states), losses, oks, words, tf.constant(0)),
+            (t0, states, losses, oks, words, tf.constant(0)),
         )
         return tuple(
-            (*states[r], losses[r].stack(), oks[r].stack(), words[r].stack()) for r in reps
+            (
+                _pack(states[r][0]),
+                _pack(states[r][1]),
+                tf.concat(states[r][2], 0),
+                losses[r].stack(),
+                oks[r].stack(),
+                words[r],
+            )
+            for r in reps
         )
 
-    def _reverse_chunk(self, states, t0, t1, tables, local, theta, keys, layout):
+    def _reverse_chunk(self, states, t0, t1, tables, local, theta, keys, layout, size):
         """Undo steps ``t1−1 .. t0`` of every replica as one graph loop, accumulating adjoints.
 
         ``states`` holds one ``(w, v, registers, dw, dv, dθ)`` per replica (packed as in
         :meth:`_forward_chunk`); ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``);
-        ``local = (shifts, slot, words)`` for the chunk's steps: the cuts ``[t1 − t0, ΣG]``
-        and the row of the words holding each step's cut words (−1: nothing was cut), the same
-        for every replica, and per replica those words ``[≥1, L]``.
+        ``local = (shifts, slot, words)`` for the chunk's steps: the cuts ``[size, ΣG]`` and
+        the row of the words holding each step's cut words (−1: nothing was cut), the same for
+        every replica, and per replica those words ``[capacity, L]`` (``size`` static, rows
+        past ``t1 − t0`` unused).
 
         Returns:
             Per replica: the packed state before step ``t0`` and the adjoints, plus ``dα`` and
-            ``dγ`` of the chunk's steps (``[t1 − t0, K]``).
+            ``dγ`` of the chunk's steps (``[size, K]``, the first ``t1 − t0`` meaningful).
         """
         alpha, omg, n, d, gamma = tables
         shifts, slot, words = local
         groups, regs = layout[1], layout[2]
-        size = t1 - t0
         reps = range(len(states))
         d_alpha = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
         d_gamma = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
@@ -413,11 +462,28 @@ class _Stepper:
                 new_dg.append(d_gamma[r].write(i, out[7]))
             return t - 1, tuple(new_states), tuple(new_da), tuple(new_dg)
 
-        states = tuple((*st[:5], list(st[5])) for st in states)
+        shapes = layout[0]
+        states = tuple(
+            (*_unpack_state(*st[:3], layout)[:3], _unpack(st[3], shapes), _unpack(st[4], shapes))
+            + (list(st[5]),)
+            for st in states
+        )
         _, states, d_alpha, d_gamma = tf.while_loop(
             lambda t, *_: t >= t0, body, (t1 - 1, states, d_alpha, d_gamma)
         )
-        return tuple((*states[r], d_alpha[r].stack(), d_gamma[r].stack()) for r in reps)
+        return tuple(
+            (
+                _pack(states[r][0]),
+                _pack(states[r][1]),
+                tf.concat(states[r][2], 0),
+                _pack(states[r][3]),
+                _pack(states[r][4]),
+                states[r][5],
+                d_alpha[r].stack(),
+                d_gamma[r].stack(),
+            )
+            for r in reps
+        )
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
         """dα = dw·v ; w ← w − α v (exact) ; dv ← dv + α dw."""
@@ -460,13 +526,12 @@ class _Stepper:
     def _reverse(self, state, row, theta, t, key, layout, shifts=None, lo=None):
         """One exact reverse step with adjoint accumulation (see the module docstring).
 
-        ``state = (w, v, registers, dw, dv, dθ)``, packed as in :meth:`_forward`;
+        ``state = (w, v, registers, dw, dv, dθ)``, lists of tensors as in :meth:`_forward`;
         ``row = (α, 1 − γ, n, d, γ)`` of step ``t``.
         """
-        w_p, v_p, r_p, dw_p, dv_p, dtheta = state
+        w_ints, v_ints, regs, dw, dv, dtheta = state
         alpha, omg, n, d, gamma = row
-        w_ints, v_ints, regs, groups = _unpack_state(w_p, v_p, r_p, layout)
-        dw, dv = _unpack(dw_p, layout[0]), _unpack(dv_p, layout[0])
+        groups = layout[1]
         prev_w, dv, d_alpha = self._undo_pos(w_ints, v_ints, dw, dv, alpha)
         u = [tf.cast(omg[i] * dv[i], self.dtype) for i in range(self.k)]
         theta_c = [tf.cast(x, self.dtype) for x in theta]
@@ -477,14 +542,7 @@ class _Stepper:
             v_ints, regs, grads, hu, dw, dv, omg, n, d, gamma, groups, shifts, lo
         )
         new_dtheta = [dtheta[j] - tf.cast(mixed[j], tf.float64) for j in range(len(dtheta))]
-        packed = (
-            _pack(prev_w),
-            _pack(prev_v),
-            tf.concat(new_regs, 0),
-            _pack(new_dw),
-            _pack(new_dv),
-        )
-        return packed + (new_dtheta, d_alpha, d_gamma)
+        return (prev_w, prev_v, new_regs, new_dw, new_dv, new_dtheta, d_alpha, d_gamma)
 
 
 @dataclass(frozen=True)
@@ -642,6 +700,11 @@ class _Pass:
     callback: Callback | None
     chunk: int
 
+    def capacity(self, spill: np.ndarray) -> int:
+        """The most spill steps of any chunk (``spill``: ``[T]`` bool): the static row count
+        of a chunk's table of cut words."""
+        return max(int(spill[t0:t1].sum()) for t0, t1 in self.chunks()) if len(spill) else 0
+
     def chunks(self) -> list[tuple[int, int]]:
         """``[(t0, t1), ...]`` covering ``0 .. T`` in order."""
         T = self.sc.steps
@@ -684,9 +747,9 @@ def _store_words(run: _ExactState, plans: list[list[Any]], steps: list[int], wor
 
 def _forward_pass(
     p: _Pass, runs: Sequence[_ExactState], labels: Sequence[int | None]
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], int]:
     """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}`` of every replica; returns each one's
-    per-step training losses.
+    per-step training losses, and the most spill steps of a chunk (for the reverse pass).
 
     The bits each ``γ`` multiplication destroys stay in the registers; before a register could
     overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`,
@@ -699,6 +762,7 @@ def _forward_pass(
     planned = [_plan_forward(p, run) for run in runs]
     _, shifts, spill = planned[0]
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
+    capacity = p.capacity(spill)
     losses: list[list[np.ndarray]] = [[] for _ in runs]
     for t0, t1 in p.chunks():
         out = p.st.forward_chunk(
@@ -709,26 +773,32 @@ def _forward_pass(
             p.theta,
             p.keys,
             runs[0].layout,
+            p.chunk,
+            capacity,
         )
+        cut = [t for t in range(t0, t1) if spill[t]]
         for r, (run, (plans, _, _), res) in enumerate(zip(runs, planned, out, strict=True)):
             run.w_p, run.v_p, run.r_p = res[:3]
-            loss, ok = res[3].numpy(), res[4].numpy()
+            loss, ok = res[3].numpy()[: t1 - t0], res[4].numpy()[: t1 - t0]
             if not ok.all():
                 raise _divergence(ok, loss, t0, run.frac_bits, labels[r])
-            _store_words(run, plans, [t for t in range(t0, t1) if spill[t]], res[5].numpy())
+            _store_words(run, plans, cut, res[5].numpy()[: len(cut)])
             losses[r].append(loss)
         if p.callback:
             p.callback("forward", t1, p.sc.steps)
-    return [np.concatenate(x) if x else np.zeros(0) for x in losses]
+    return [np.concatenate(x) if x else np.zeros(0) for x in losses], capacity
 
 
-def _unplan_chunk(p: _Pass, run: _ExactState, t0: int, t1: int) -> tuple[tf.Tensor, ...]:
+def _unplan_chunk(
+    p: _Pass, run: _ExactState, t0: int, t1: int, capacity: int
+) -> tuple[tf.Tensor, ...]:
     """Pop the plans and words of steps ``t1−1 .. t0`` from the buffers (host memory), as the
-    reverse chunk takes them: cuts ``[t1−t0, ΣG]``, word rows ``[t1−t0]``, words ``[≥1, L]``."""
+    reverse chunk takes them: cuts ``[chunk, ΣG]``, word rows ``[chunk]``, words
+    ``[max(capacity, 1), L]`` (padded to the pass's static shapes)."""
     offsets = np.cumsum([0] + [b.group for b in run.buffers])
     sizes = np.cumsum([0] + [b.group * b.registers for b in run.buffers])
-    shifts = np.zeros((t1 - t0, offsets[-1]), np.int64)
-    slot = np.full(t1 - t0, -1, np.int32)
+    shifts = np.zeros((p.chunk, offsets[-1]), np.int64)
+    slot = np.full(p.chunk, -1, np.int32)
     rows = []
     for t in reversed(range(t0, t1)):
         row = np.zeros(sizes[-1], np.int64)
@@ -740,7 +810,11 @@ def _unplan_chunk(p: _Pass, run: _ExactState, t0: int, t1: int) -> tuple[tf.Tens
         if shifts[t - t0].any():
             slot[t - t0] = len(rows)
             rows.append(row)
-    words = np.stack(rows) if rows else np.zeros((1, sizes[-1]), np.int64)
+    if len(rows) > capacity:  # the forward plan and its undoing disagree: a bug, say so
+        raise RuntimeError(f"reverse chunk {t0}..{t1} has {len(rows)} cuts, forward {capacity}")
+    words = np.zeros((max(capacity, 1), sizes[-1]), np.int64)
+    if rows:
+        words[: len(rows)] = np.stack(rows)
     return tf.constant(shifts), tf.constant(slot), tf.constant(words)
 
 
@@ -759,10 +833,10 @@ def _validation_adjoint(
 
 
 def _reverse_pass(
-    p: _Pass, runs: Sequence[_ExactState], dws: Sequence[list[tf.Tensor]]
+    p: _Pass, runs: Sequence[_ExactState], dws: Sequence[list[tf.Tensor]], capacity: int
 ) -> list[tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]]:
     """Undo the T steps of every replica exactly, from ``dw = ∇f(w_T)``, ``dv = 0``,
-    accumulating adjoints.
+    accumulating adjoints (``capacity``: the forward pass's most spill steps in a chunk).
 
     Returns:
         Per replica ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
@@ -774,28 +848,18 @@ def _reverse_pass(
     ]
     d_alpha = [np.zeros_like(p.sc.alpha) for _ in runs]
     d_gamma = [np.zeros_like(p.sc.alpha) for _ in runs]
-    rest = [p.theta, p.keys, runs[0].layout]
-    traced = False
+    rest = [p.theta, p.keys, runs[0].layout, p.chunk]
     for t0, t1 in reversed(p.chunks()):
-        locals_ = [_unplan_chunk(p, run, t0, t1) for run in runs]
+        locals_ = [_unplan_chunk(p, run, t0, t1, capacity) for run in runs]
         local = (locals_[0][0], locals_[0][1], tuple(x[2] for x in locals_))
         args = [tuple(states), tf.constant(t0), tf.constant(t1), p.sc.tables]
-        if not traced:
-            # The chunk's length and its number of cuts vary: trace once for any (a no-op
-            # when this stepper already has that trace), never once per shape.
-            def relax(x: tf.Tensor) -> tf.TensorSpec:
-                return tf.TensorSpec([None, *x.shape[1:]], x.dtype)
-
-            relaxed = (relax(local[0]), relax(local[1]), tuple(relax(w) for w in local[2]))
-            p.st.reverse_chunk.get_concrete_function(*args, relaxed, *rest)
-            traced = True
         out = p.st.reverse_chunk(*args, local, *rest)
         states = []
         for r, (run, res) in enumerate(zip(runs, out, strict=True)):
             run.w_p, run.v_p, run.r_p = res[:3]
             states.append((*res[:5], list(res[5])))
-            d_alpha[r][t0:t1] = res[6].numpy()
-            d_gamma[r][t0:t1] = res[7].numpy()
+            d_alpha[r][t0:t1] = res[6].numpy()[: t1 - t0]
+            d_gamma[r][t0:t1] = res[7].numpy()[: t1 - t0]
         if p.callback:
             p.callback("reverse", p.sc.steps - t0, p.sc.steps)
     return [
@@ -922,7 +986,61 @@ def hypergradients(
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
     st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
     labels = [r if len(w0s) > 1 else None for r in range(len(w0s))]  # errors' `replica`
+    keys_t = tuple(_key_tensor(key) for key in keys)
+    p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
+    try:
+        return _run_replicas(p, val_loss, w0s, labels, dtype, frac_bits)
+    except (ExactnessError, tf.errors.OpError) as exc:
+        # Whole-chunk XLA programs failed to compile, or their reversal did not certify:
+        # once per stepper, run again as graph loops (which raise the error again if it is
+        # not XLA's).
+        if not st.demote(f"the compiled chunks failed ({type(exc).__name__}: {exc})"[:500]):
+            raise
+    return _run_replicas(p, val_loss, w0s, labels, dtype, frac_bits)
 
+
+def _run_replicas(
+    p: _Pass,
+    val_loss: ValLoss,
+    w0s: Sequence[Sequence[tf.Tensor]],
+    labels: Sequence[int | None],
+    dtype: tf.DType,
+    frac_bits: int,
+) -> list[HypergradResult]:
+    """Every replica's :func:`_run` on its own, side by side in threads (as many as there are
+    CPU cores).
+
+    Each replica runs the one-replica programs, so its result is that of a run of its own by
+    construction, and the programs compile once whatever the replica count. The programs run
+    outside the interpreter lock, so replicas overlap on the cores (and on a device). The
+    progress callback follows replica 0. Errors are raised after every replica has ended,
+    the first replica's in replica order.
+    """
+    if len(w0s) == 1:
+        return _run(p, val_loss, w0s, labels, dtype, frac_bits)
+
+    def one(r: int) -> HypergradResult:
+        alone = dataclasses.replace(p, keys=(p.keys[r],), callback=p.callback if r == 0 else None)
+        return _run(alone, val_loss, [w0s[r]], [labels[r]], dtype, frac_bits)[0]
+
+    with ThreadPoolExecutor(max_workers=min(len(w0s), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(one, r) for r in range(len(w0s))]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]
+
+
+def _run(
+    p: _Pass,
+    val_loss: ValLoss,
+    w0s: Sequence[Sequence[tf.Tensor]],
+    labels: Sequence[int | None],
+    dtype: tf.DType,
+    frac_bits: int,
+) -> list[HypergradResult]:
+    """The forward and reverse pass of :func:`hypergradients` and the certificates."""
+    sc = p.sc
     t0 = time.perf_counter()
     runs = []
     for label, w0 in zip(labels, w0s, strict=True):
@@ -931,9 +1049,7 @@ def hypergradients(
         except FixedPointOverflowError as exc:
             exc.replica = label  # which replica's initial weights
             raise
-    keys_t = tuple(_key_tensor(key) for key in keys)
-    p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
-    losses = _forward_pass(p, runs, labels)
+    losses, capacity = _forward_pass(p, runs, labels)
     t_forward = time.perf_counter() - t0
     held = [run.spill() for run in runs]
 
@@ -945,7 +1061,7 @@ def hypergradients(
         w_finals.append(w_final)
         f_vals.append(f_val)
         dws.append(dw)
-    grads = _reverse_pass(p, runs, dws)
+    grads = _reverse_pass(p, runs, dws, capacity)
     t_reverse = time.perf_counter() - t1
 
     out = []
