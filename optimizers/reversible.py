@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -239,6 +240,13 @@ def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
     return out
 
 
+def _random_ops(graph: tf.Graph) -> list[str]:
+    """Random-number op types in ``graph`` and the functions it calls (loop bodies too)."""
+    graph_def = graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return sorted({n.op for n in nodes if re.search("Random|Multinomial|TruncatedNormal", n.op)})
+
+
 class _Stepper:
     """Compiled forward / reverse chunks for one training problem (shared across calls).
 
@@ -262,6 +270,7 @@ class _Stepper:
         self.dtype = dtype
         self.frac_bits = frac_bits
         self.xla = xla
+        self.checked = False  # the traced program was checked (see `forward`)
         self._build(whole=xla)
 
     def _build(self, whole: bool) -> None:
@@ -284,6 +293,23 @@ class _Stepper:
         loop = {"reduce_retracing": True, "autograph": False, "jit_compile": whole}
         self.forward_chunk = tf.function(self._forward_chunk, **loop)
         self.reverse_chunk = tf.function(self._reverse_chunk, **loop)
+
+    def forward(self, *args: Any) -> Any:
+        """:meth:`_forward_chunk` compiled; the first call checks the traced program first.
+
+        XLA's random-number kernels draw other streams than TensorFlow's for the same seed, so
+        a training loss that draws random numbers inside a step (minibatches from
+        :func:`minibatch_indices`, dropout) would train on other data under XLA than
+        :class:`~revhpo.optimizers.PlainSGD` and the references do: such a loss runs as graph
+        loops. (An index table made before the pass, as :class:`TuningProblem` passes it, keeps
+        the programs whole.)
+        """
+        if self.whole and not self.checked:
+            self.checked = True
+            random = _random_ops(self.forward_chunk.get_concrete_function(*args).graph)
+            if random:
+                self.demote(f"the training loss draws random numbers in a step ({random[0]})")
+        return self.forward_chunk(*args)
 
     def demote(self, why: str) -> bool:
         """Fall back from whole-chunk XLA programs to graph loops; False when already there."""
@@ -765,7 +791,7 @@ def _forward_pass(
     capacity = p.capacity(spill)
     losses: list[list[np.ndarray]] = [[] for _ in runs]
     for t0, t1 in p.chunks():
-        out = p.st.forward_chunk(
+        out = p.st.forward(
             tuple((run.w_p, run.v_p, run.r_p) for run in runs),
             tf.constant(t0),
             tf.constant(t1),
@@ -1023,12 +1049,15 @@ def _run_replicas(
         alone = dataclasses.replace(p, keys=(p.keys[r],), callback=p.callback if r == 0 else None)
         return _run(alone, val_loss, [w0s[r]], [labels[r]], dtype, frac_bits)[0]
 
+    # A stepper's first run checks its programs and may switch them (`_Stepper.forward`):
+    # that run goes alone, so every replica runs one kind of program both ways.
+    first = [] if p.st.checked else [one(0)]
     with ThreadPoolExecutor(max_workers=min(len(w0s), os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(one, r) for r in range(len(w0s))]
+        futures = [pool.submit(one, r) for r in range(len(first), len(w0s))]
     for future in futures:
         if future.exception() is not None:
             raise future.exception()
-    return [future.result() for future in futures]
+    return first + [future.result() for future in futures]
 
 
 def _run(

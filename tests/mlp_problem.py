@@ -15,10 +15,14 @@ def make_problem(
     batch=12,
     seed=0,
     weight_decay=True,
+    table_key=False,
 ):
     """Returns ``(train_loss, val_loss, w0, theta)`` for an MLP on synthetic data.
 
     ``theta`` holds one log weight decay per layer (entering the loss as exp(θ_l)·‖W_l‖²).
+    With ``table_key`` the loss is ``L(w, θ, t, batches)``: it reads step ``t``'s minibatch
+    from ``batches = minibatch_table(seed + 11, T, n_train, batch)`` (the same examples it
+    draws otherwise) instead of drawing it in the step.
     """
     rng = np.random.default_rng(seed)
     act = {"tanh": tf.tanh, "relu": tf.nn.relu, "softplus": tf.nn.softplus}[activation]
@@ -36,8 +40,11 @@ def make_problem(
                 h = act(h)
         return h
 
-    def train_loss(w, theta, t):
-        idx = minibatch_indices(seed + 11, t, n_train, batch)
+    def train_loss(w, theta, t, batches=None):
+        if table_key:
+            idx = tf.gather(batches, t)
+        else:
+            idx = minibatch_indices(seed + 11, t, n_train, batch)
         xb = tf.cast(tf.gather(x, idx), w[0].dtype)
         ce = tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(tf.gather(y, idx), net(w, xb))

@@ -10,6 +10,7 @@ from revhpo.optimizers import (
     PlainSGD,
     hypergradient,
     hypergradients,
+    make_stepper,
     minibatch_indices,
     minibatch_table,
     unrolled_hypergradient,
@@ -282,3 +283,63 @@ def test_a_diverging_replica_is_named():
     assert [r.certificate.ok for r in ok] == [True, True]
     with pytest.raises(ValueError, match="one key per replica"):
         hypergradients(poisoned, val_loss, [w0, w0], alpha, gamma, theta, keys=[1])
+
+
+def _table_problem(activation="tanh", steps=60):
+    """The MLP problem reading its minibatches from an index table made before the passes."""
+    train_loss, val_loss, w0, theta = make_problem(
+        activation=activation, sizes=(5, 8, 7, 3), table_key=True
+    )
+    return train_loss, val_loss, w0, theta, minibatch_table(11, steps, 48, 12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_whole_chunk_programs_equal_unrolled_autodiff(activation):
+    # 60 steps: a whole chunk and a short one, both through the one compiled program
+    train_loss, val_loss, w0, theta, table = _table_problem(activation)
+    alpha, gamma = schedules(60, len(w0))
+    st = make_stepper(train_loss, len(w0))
+    res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, key=table, stepper=st)
+    assert st.whole and res.certificate.ok  # the programs compiled, certified and stayed whole
+    ref = unrolled_hypergradient(
+        train_loss, val_loss, w0, alpha, res.gamma_applied, theta, key=table
+    )
+    assert res.val_loss == pytest.approx(ref["val_loss"], rel=1e-12)
+    for name in ("d_alpha", "d_gamma"):
+        assert max_rel_error(getattr(res, name), ref[name]) <= RTOL_UNROLLED
+    for a, b in zip([*res.d_theta, *res.d_w0], [*ref["d_theta"], *ref["d_w0"]], strict=True):
+        assert max_rel_error(a, b) <= RTOL_UNROLLED
+    # a second call reuses the compiled programs and gives the same bits
+    again = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, key=table, stepper=st)
+    np.testing.assert_array_equal(again.d_alpha.numpy(), res.d_alpha.numpy())
+
+
+def test_a_loss_that_draws_random_numbers_in_a_step_runs_as_graph_loops(caplog):
+    # XLA's random streams differ from TensorFlow's: the engine must train on the data the
+    # loss draws in TensorFlow (as PlainSGD does), so it keeps such a loss out of XLA
+    train_loss, val_loss, w0, theta = make_problem(sizes=(4, 6, 3))
+    alpha, gamma = schedules(12, len(w0))
+    st = make_stepper(train_loss, len(w0))
+    with caplog.at_level("WARNING", logger="revhpo.optimizers.reversible"):
+        res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, stepper=st)
+    assert not st.whole and "draws random numbers" in caplog.text
+    w_plain = PlainSGD(train_loss).run(w0, alpha, res.gamma_applied, theta)[0]
+    assert res.val_loss == pytest.approx(float(val_loss(w_plain)), rel=1e-10)
+
+
+def test_a_loss_xla_cannot_compile_runs_as_graph_loops(caplog):
+    train_loss, val_loss, w0, theta, table = _table_problem(steps=12)
+
+    def host_factor(w, th, t, batches):  # numpy_function has no XLA kernel
+        one = tf.numpy_function(lambda: np.float64(1.0), [], tf.float64, stateful=False)
+        return train_loss(w, th, t, batches) * tf.reshape(one, [])
+
+    alpha, gamma = schedules(12, len(w0))
+    st = make_stepper(host_factor, len(w0))
+    with caplog.at_level("WARNING", logger="revhpo.optimizers.reversible"):
+        res = hypergradient(host_factor, val_loss, w0, alpha, gamma, theta, key=table, stepper=st)
+    assert not st.whole and "compiled chunks failed" in caplog.text
+    ref = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, key=table)
+    assert res.certificate.ok
+    assert max_rel_error(res.d_alpha, ref.d_alpha) <= 1e-9
