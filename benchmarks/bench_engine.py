@@ -229,8 +229,9 @@ def render(
         "a new empty folder (a first run on this machine); `first_hypergradient_warm_cache_s` "
         "is a second such process right after, whose XLA cache the first one filled (a later "
         "job of the same net). Not size-dependent: measured with the default size only. "
-        "Replicas: `hypergradients` trains and reverses 8 replicas (8 minibatch orders) in one "
-        "pass, each bit for bit its own run (`tests/test_reversible.py`); the time of one "
+        "Replicas: `hypergradients` trains and reverses 8 replicas (8 minibatch orders), each "
+        "running the one-replica programs in its own thread (as many threads as cores), so "
+        "each is bit for bit its own run (`tests/test_reversible.py`); the time of one "
         "forward + reverse of 8 over that of 1 (untimed once, then the median of the rounds). "
         'The section "optimizers: reversible SGD-momentum and hypergradients" '
         "below measured earlier engines against one compiled step per call "

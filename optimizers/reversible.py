@@ -1014,46 +1014,41 @@ def hypergradients(
     labels = [r if len(w0s) > 1 else None for r in range(len(w0s))]  # errors' `replica`
     keys_t = tuple(_key_tensor(key) for key in keys)
     p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
+
+    def one(r: int) -> HypergradResult:  # replica r alone (progress: replica 0's)
+        alone = dataclasses.replace(p, keys=(p.keys[r],), callback=p.callback if r == 0 else None)
+        return _run(alone, val_loss, [w0s[r]], [labels[r]], dtype, frac_bits)[0]
+
     try:
-        return _run_replicas(p, val_loss, w0s, labels, dtype, frac_bits)
+        return _side_by_side(len(w0s), one, alone_first=not st.checked)
     except (ExactnessError, tf.errors.OpError) as exc:
         # Whole-chunk XLA programs failed to compile, or their reversal did not certify:
         # once per stepper, run again as graph loops (which raise the error again if it is
         # not XLA's).
         if not st.demote(f"the compiled chunks failed ({type(exc).__name__}: {exc})"[:500]):
             raise
-    return _run_replicas(p, val_loss, w0s, labels, dtype, frac_bits)
+    return _side_by_side(len(w0s), one, alone_first=True)
 
 
-def _run_replicas(
-    p: _Pass,
-    val_loss: ValLoss,
-    w0s: Sequence[Sequence[tf.Tensor]],
-    labels: Sequence[int | None],
-    dtype: tf.DType,
-    frac_bits: int,
+def _side_by_side(
+    count: int, one: Callable[[int], HypergradResult], alone_first: bool
 ) -> list[HypergradResult]:
-    """Every replica's :func:`_run` on its own, side by side in threads (as many as there are
+    """``[one(0), ..., one(count − 1)]``, run side by side in threads (as many as there are
     CPU cores).
 
     Each replica runs the one-replica programs, so its result is that of a run of its own by
     construction, and the programs compile once whatever the replica count. The programs run
-    outside the interpreter lock, so replicas overlap on the cores (and on a device). The
-    progress callback follows replica 0. Errors are raised after every replica has ended,
-    the first replica's in replica order.
+    outside the interpreter lock, so replicas overlap on the cores (and on a device). Errors
+    are raised after every replica has ended, the first replica's in replica order. With
+    ``alone_first``, ``one(0)`` runs before the others start: a stepper's first run checks
+    its programs and may switch them (`_Stepper.forward`), and every replica must run one kind
+    of program both ways.
     """
-    if len(w0s) == 1:
-        return _run(p, val_loss, w0s, labels, dtype, frac_bits)
-
-    def one(r: int) -> HypergradResult:
-        alone = dataclasses.replace(p, keys=(p.keys[r],), callback=p.callback if r == 0 else None)
-        return _run(alone, val_loss, [w0s[r]], [labels[r]], dtype, frac_bits)[0]
-
-    # A stepper's first run checks its programs and may switch them (`_Stepper.forward`):
-    # that run goes alone, so every replica runs one kind of program both ways.
-    first = [] if p.st.checked else [one(0)]
-    with ThreadPoolExecutor(max_workers=min(len(w0s), os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(one, r) for r in range(len(first), len(w0s))]
+    if count == 1:
+        return [one(0)]
+    first = [one(0)] if alone_first else []
+    with ThreadPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(one, r) for r in range(len(first), count)]
     for future in futures:
         if future.exception() is not None:
             raise future.exception()
