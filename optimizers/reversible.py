@@ -26,7 +26,6 @@ equal the originals bit for bit and every buffer must be empty, otherwise
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -209,10 +208,10 @@ def _unpack(flat: tf.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[tf.Tenso
     return [tf.reshape(x, s) for x, s in zip(tf.split(flat, sizes), shapes, strict=True)]
 
 
-def _unpack_state(w_p, v_p, r_p, layout) -> tuple[list, list, list, tuple[int, ...]]:
-    """Weights, velocities and registers from their packed form; also the row counts."""
-    shapes, groups, reg_sizes = layout
-    return _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes), groups
+def _unpack_state(w_p, v_p, r_p, layout) -> tuple[list, list, list]:
+    """Weights, velocities and registers (one tensor per weight tensor) from their packed form."""
+    shapes, _, reg_sizes = layout
+    return _unpack(w_p, shapes), _unpack(v_p, shapes), tf.split(r_p, reg_sizes)
 
 
 def _gather_registers(buffers: Sequence[InfoBuffer]) -> tf.Tensor:
@@ -251,7 +250,7 @@ class _Stepper:
     """Compiled forward / reverse chunks for one training problem (shared across calls).
 
     With ``xla`` (the default) each chunk of steps — loss, gradient, fused HVP, the exact
-    integer update and the buffer's register cuts, for every replica — is one XLA program: a
+    integer update and the buffer's register cuts — is one XLA program: a
     ``tf.while_loop`` compiled whole, so a step costs no runtime dispatch and the schedules,
     index tables and cut words stay on the device for the chunk. The reverse pass recomputes
     every forward gradient in another program; each program is a deterministic function of
@@ -372,143 +371,98 @@ class _Stepper:
         ok = out[3] & tf.math.is_finite(tf.cast(loss, tf.float64))
         return (out[0], out[1], out[2], ok, loss) + tuple(out[4:])
 
-    def _forward_chunk(self, states, t0, t1, tables, theta, keys, layout, size, capacity):
-        """Exact steps ``t0 .. t1−1`` of every replica as one graph loop.
+    def _forward_chunk(self, state, t0, t1, tables, theta, key, layout, size, capacity):
+        """Exact steps ``t0 .. t1−1`` as one loop (one XLA program when ``whole``).
 
-        ``states`` holds one packed ``(w, v, registers)`` per replica and ``keys`` its data
-        key; the replicas share the schedules and θ, and each step runs every replica's step
-        as its own ops (independent, so the runtime may run them in parallel; each replica's
-        ops are exactly those of a run of its own, hence bit for bit the same results).
+        ``state`` is the packed ``(w, v, registers)`` and ``key`` the data key.
         ``tables = (alpha, omg, n, d, shifts, spill)``: ``[T, K]`` schedules (``omg = 1 − γ``
-        as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut
-        (the same for every replica: the plan depends on the rationals only).
-
+        as applied, ``γ = n/d``), the planned register cuts ``[T, ΣG]`` and which steps cut.
         ``size`` (static, ``≥ t1 − t0``) and ``capacity`` (static, ``≥`` the chunk's spill
         steps) size the outputs, so every chunk of a pass has one shape (one compilation).
 
         Returns:
-            Per replica: the packed state after step ``t1 − 1``, the training losses and ok
-            flags of the chunk (``[size]``, the first ``t1 − t0`` meaningful), and the words
-            cut at the chunk's spill steps, in step order (``[capacity + 1, L]``, one packed
-            row of every buffer's ``[G, M]`` words per spill; rows past the spills are not
-            meaningful).
+            The packed state after step ``t1 − 1``, the training losses and ok flags of the
+            chunk (``[size]``, the first ``t1 − t0`` meaningful), and the words cut at the
+            chunk's spill steps, in step order (``[capacity + 1, L]``, one packed row of every
+            buffer's ``[G, M]`` words per spill; rows past the spills are not meaningful).
         """
         alpha, omg, n, d, shifts, spill = tables
         groups = layout[1]
         width = sum(g * m for g, m in zip(groups, layout[2], strict=True))
-        reps = range(len(states))
-        losses = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
-        oks = tuple(tf.TensorArray(tf.bool, size=size) for _ in reps)
+        losses = tf.TensorArray(tf.float64, size=size)
+        oks = tf.TensorArray(tf.bool, size=size)
         # Row `capacity` takes the words of steps that cut nothing when stores are
         # unconditional (a conditional store makes XLA copy the whole table each step).
-        words = tuple(tf.zeros([capacity + 1, width], tf.int64) for _ in reps)
+        words = tf.zeros([capacity + 1, width], tf.int64)
 
-        def body(t, states, losses, oks, words, count):
+        def body(t, state, losses, oks, words, count):
             row = (alpha[t], omg[t], n[t], d[t])
-            cuts = tf.split(shifts[t], groups)
-            new_states, new_losses, new_oks, cut_words = [], [], [], []
-            for r in reps:
-                w, v, reg, ok, loss, lo = self._forward(
-                    states[r], row, theta, t, keys[r], layout, cuts
-                )
-                new_states.append((w, v, reg))
-                new_losses.append(losses[r].write(t - t0, tf.cast(loss, tf.float64)))
-                new_oks.append(oks[r].write(t - t0, ok))
-                cut_words.append(tf.ensure_shape(_pack(lo), [width]))
+            w, v, reg, ok, loss, lo = self._forward(
+                state, row, theta, t, key, layout, tf.split(shifts[t], groups)
+            )
+            losses = losses.write(t - t0, tf.cast(loss, tf.float64))
+            oks = oks.write(t - t0, ok)
+            cut = tf.ensure_shape(_pack(lo), [width])
 
             def store(at):
-                return tuple(
-                    tf.tensor_scatter_nd_update(a, [[at]], [x])
-                    for a, x in zip(words, cut_words, strict=True)
-                )
+                return tf.tensor_scatter_nd_update(words, [[at]], [cut])
 
             if self.whole:
                 words = store(tf.where(spill[t], count, capacity))
             else:
                 words = tf.cond(spill[t], lambda: store(count), lambda: words)
             count += tf.cast(spill[t], tf.int32)
-            return t + 1, tuple(new_states), tuple(new_losses), tuple(new_oks), words, count
+            return t + 1, (w, v, reg), losses, oks, words, count
 
         # The loop carries every tensor's state on its own; packing is per chunk, not per step.
-        states = tuple(_unpack_state(*st, layout)[:3] for st in states)
-        _, states, losses, oks, words, _ = tf.while_loop(
+        _, (w, v, reg), losses, oks, words, _ = tf.while_loop(
             lambda t, *_: t < t1,
             body,
-            (t0, states, losses, oks, words, tf.constant(0)),
+            (t0, _unpack_state(*state, layout), losses, oks, words, tf.constant(0)),
         )
-        return tuple(
-            (
-                _pack(states[r][0]),
-                _pack(states[r][1]),
-                tf.concat(states[r][2], 0),
-                losses[r].stack(),
-                oks[r].stack(),
-                words[r],
-            )
-            for r in reps
-        )
+        return _pack(w), _pack(v), tf.concat(reg, 0), losses.stack(), oks.stack(), words
 
-    def _reverse_chunk(self, states, t0, t1, tables, local, theta, keys, layout, size):
-        """Undo steps ``t1−1 .. t0`` of every replica as one graph loop, accumulating adjoints.
+    def _reverse_chunk(self, state, t0, t1, tables, local, theta, key, layout, size):
+        """Undo steps ``t1−1 .. t0`` as one loop, accumulating adjoints.
 
-        ``states`` holds one ``(w, v, registers, dw, dv, dθ)`` per replica (packed as in
-        :meth:`_forward_chunk`); ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``);
-        ``local = (shifts, slot, words)`` for the chunk's steps: the cuts ``[size, ΣG]`` and
-        the row of the words holding each step's cut words (−1: nothing was cut), the same for
-        every replica, and per replica those words ``[capacity, L]`` (``size`` static, rows
-        past ``t1 − t0`` unused).
+        ``state = (w, v, registers, dw, dv, dθ)`` (packed as in :meth:`_forward_chunk`, dθ a
+        list); ``tables = (alpha, omg, n, d, gamma)`` (``[T, K]``); ``local = (shifts, slot,
+        words)`` for the chunk's steps: the cuts ``[size, ΣG]``, the row of ``words``
+        ``[capacity, L]`` holding each step's cut words (−1: nothing was cut) (``size``
+        static, rows past ``t1 − t0`` unused).
 
         Returns:
-            Per replica: the packed state before step ``t0`` and the adjoints, plus ``dα`` and
-            ``dγ`` of the chunk's steps (``[size, K]``, the first ``t1 − t0`` meaningful).
+            The packed state before step ``t0`` and the adjoints, plus ``dα`` and ``dγ`` of the
+            chunk's steps (``[size, K]``, the first ``t1 − t0`` meaningful).
         """
         alpha, omg, n, d, gamma = tables
         shifts, slot, words = local
-        groups, regs = layout[1], layout[2]
-        reps = range(len(states))
-        d_alpha = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
-        d_gamma = tuple(tf.TensorArray(tf.float64, size=size) for _ in reps)
+        shapes, groups, regs = layout
+        d_alpha = tf.TensorArray(tf.float64, size=size)
+        d_gamma = tf.TensorArray(tf.float64, size=size)
         sizes = [g * m for g, m in zip(groups, regs, strict=True)]
 
-        def body(t, states, d_alpha, d_gamma):
+        def body(t, state, d_alpha, d_gamma):
             i = t - t0
             row = (alpha[t], omg[t], n[t], d[t], gamma[t])
-            cuts = tf.split(shifts[i], groups)
-            new_states, new_da, new_dg = [], [], []
-            for r in reps:
-                cut = tf.gather(words[r], tf.maximum(slot[i], 0))
-                cut = cut * tf.cast(slot[i] >= 0, tf.int64)
-                lo = [
-                    tf.reshape(x, [g, m])
-                    for x, g, m in zip(tf.split(cut, sizes), groups, regs, strict=True)
-                ]
-                out = self._reverse(states[r], row, theta, t, keys[r], layout, cuts, lo)
-                new_states.append(out[:6])
-                new_da.append(d_alpha[r].write(i, out[6]))
-                new_dg.append(d_gamma[r].write(i, out[7]))
-            return t - 1, tuple(new_states), tuple(new_da), tuple(new_dg)
+            cut = tf.gather(words, tf.maximum(slot[i], 0)) * tf.cast(slot[i] >= 0, tf.int64)
+            lo = [
+                tf.reshape(x, [g, m])
+                for x, g, m in zip(tf.split(cut, sizes), groups, regs, strict=True)
+            ]
+            out = self._reverse(state, row, theta, t, key, layout, tf.split(shifts[i], groups), lo)
+            return t - 1, out[:6], d_alpha.write(i, out[6]), d_gamma.write(i, out[7])
 
-        shapes = layout[0]
-        states = tuple(
-            (*_unpack_state(*st[:3], layout)[:3], _unpack(st[3], shapes), _unpack(st[4], shapes))
-            + (list(st[5]),)
-            for st in states
+        w_p, v_p, r_p, dw_p, dv_p, dtheta = state
+        unpacked = (*_unpack_state(w_p, v_p, r_p, layout), _unpack(dw_p, shapes))
+        unpacked += (_unpack(dv_p, shapes), list(dtheta))
+        _, (w, v, reg, dw, dv, dtheta), d_alpha, d_gamma = tf.while_loop(
+            lambda t, *_: t >= t0, body, (t1 - 1, unpacked, d_alpha, d_gamma)
         )
-        _, states, d_alpha, d_gamma = tf.while_loop(
-            lambda t, *_: t >= t0, body, (t1 - 1, states, d_alpha, d_gamma)
-        )
-        return tuple(
-            (
-                _pack(states[r][0]),
-                _pack(states[r][1]),
-                tf.concat(states[r][2], 0),
-                _pack(states[r][3]),
-                _pack(states[r][4]),
-                states[r][5],
-                d_alpha[r].stack(),
-                d_gamma[r].stack(),
-            )
-            for r in reps
+        return (
+            (_pack(w), _pack(v), tf.concat(reg, 0), _pack(dw), _pack(dv), dtheta),
+            d_alpha.stack(),
+            d_gamma.stack(),
         )
 
     def _undo_position(self, w_ints, v_ints, dw, dv, alpha):
@@ -715,14 +669,13 @@ def _divergence(
 
 @dataclass(frozen=True)
 class _Pass:
-    """What the forward and the reverse pass of one batch of replicas share: the compiled
-    steps, the schedules, θ, each replica's data key, the progress callback and the chunk
-    length."""
+    """What the forward and the reverse pass of one run share: the compiled steps, the
+    schedules, θ, the data key, the progress callback and the chunk length."""
 
     st: _Stepper
     sc: _Schedules
     theta: list[tf.Tensor]
-    keys: tuple[tf.Tensor | None, ...]
+    key: tf.Tensor | None
     callback: Callback | None
     chunk: int
 
@@ -771,48 +724,44 @@ def _store_words(run: _ExactState, plans: list[list[Any]], steps: list[int], wor
                 b.after_mul(lo.reshape(b.group, b.registers), shifts=plan)
 
 
-def _forward_pass(
-    p: _Pass, runs: Sequence[_ExactState], labels: Sequence[int | None]
-) -> tuple[list[np.ndarray], int]:
-    """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}`` of every replica; returns each one's
-    per-step training losses, and the most spill steps of a chunk (for the reverse pass).
+def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.ndarray, int]:
+    """T exact steps ``w_t, v_t → w_{t+1}, v_{t+1}``; returns the per-step training losses and
+    the most spill steps of a chunk (for the reverse pass).
 
     The bits each ``γ`` multiplication destroys stay in the registers; before a register could
-    overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`,
-    the same plan for every replica) and moved to host memory once per chunk.
+    overflow its word, its low bytes are cut (planned on the host by :func:`_plan_forward`)
+    and moved to host memory once per chunk.
 
     Raises:
-        DivergenceError: non-finite loss or gradient, or fixed-point overflow (``replica``:
-            the label in ``labels`` of the first such replica, in replica order).
+        DivergenceError: non-finite loss or gradient, or fixed-point overflow (of replica
+            ``label``).
     """
-    planned = [_plan_forward(p, run) for run in runs]
-    _, shifts, spill = planned[0]
+    plans, shifts, spill = _plan_forward(p, run)
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
     capacity = p.capacity(spill)
-    losses: list[list[np.ndarray]] = [[] for _ in runs]
+    losses = []
     for t0, t1 in p.chunks():
-        out = p.st.forward(
-            tuple((run.w_p, run.v_p, run.r_p) for run in runs),
+        res = p.st.forward(
+            (run.w_p, run.v_p, run.r_p),
             tf.constant(t0),
             tf.constant(t1),
             tables,
             p.theta,
-            p.keys,
-            runs[0].layout,
+            p.key,
+            run.layout,
             p.chunk,
             capacity,
         )
+        run.w_p, run.v_p, run.r_p = res[:3]
+        loss, ok = res[3].numpy()[: t1 - t0], res[4].numpy()[: t1 - t0]
+        if not ok.all():
+            raise _divergence(ok, loss, t0, run.frac_bits, label)
         cut = [t for t in range(t0, t1) if spill[t]]
-        for r, (run, (plans, _, _), res) in enumerate(zip(runs, planned, out, strict=True)):
-            run.w_p, run.v_p, run.r_p = res[:3]
-            loss, ok = res[3].numpy()[: t1 - t0], res[4].numpy()[: t1 - t0]
-            if not ok.all():
-                raise _divergence(ok, loss, t0, run.frac_bits, labels[r])
-            _store_words(run, plans, cut, res[5].numpy()[: len(cut)])
-            losses[r].append(loss)
+        _store_words(run, plans, cut, res[5].numpy()[: len(cut)])
+        losses.append(loss)
         if p.callback:
             p.callback("forward", t1, p.sc.steps)
-    return [np.concatenate(x) if x else np.zeros(0) for x in losses], capacity
+    return (np.concatenate(losses) if losses else np.zeros(0)), capacity
 
 
 def _unplan_chunk(
@@ -859,39 +808,35 @@ def _validation_adjoint(
 
 
 def _reverse_pass(
-    p: _Pass, runs: Sequence[_ExactState], dws: Sequence[list[tf.Tensor]], capacity: int
-) -> list[tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]]:
-    """Undo the T steps of every replica exactly, from ``dw = ∇f(w_T)``, ``dv = 0``,
-    accumulating adjoints (``capacity``: the forward pass's most spill steps in a chunk).
+    p: _Pass, run: _ExactState, dw: list[tf.Tensor], capacity: int
+) -> tuple[np.ndarray, np.ndarray, list[tf.Tensor], list[tf.Tensor]]:
+    """Undo the T steps exactly, from ``dw = ∇f(w_T)``, ``dv = 0``, accumulating adjoints
+    (``capacity``: the forward pass's most spill steps in a chunk).
 
     Returns:
-        Per replica ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
+        ``(d_alpha [T, K], d_gamma [T, K], d_theta, d_w0)``.
     """
-    dw_ps = [_pack(dw) for dw in dws]
-    states = [
-        (run.w_p, run.v_p, run.r_p, dw_p, tf.zeros_like(dw_p), [tf.zeros_like(x) for x in p.theta])
-        for run, dw_p in zip(runs, dw_ps, strict=True)
-    ]
-    d_alpha = [np.zeros_like(p.sc.alpha) for _ in runs]
-    d_gamma = [np.zeros_like(p.sc.alpha) for _ in runs]
-    rest = [p.theta, p.keys, runs[0].layout, p.chunk]
+    dw_p = _pack(dw)
+    adjoints = (dw_p, tf.zeros_like(dw_p), [tf.zeros_like(x) for x in p.theta])
+    d_alpha, d_gamma = np.zeros_like(p.sc.alpha), np.zeros_like(p.sc.alpha)
     for t0, t1 in reversed(p.chunks()):
-        locals_ = [_unplan_chunk(p, run, t0, t1, capacity) for run in runs]
-        local = (locals_[0][0], locals_[0][1], tuple(x[2] for x in locals_))
-        args = [tuple(states), tf.constant(t0), tf.constant(t1), p.sc.tables]
-        out = p.st.reverse_chunk(*args, local, *rest)
-        states = []
-        for r, (run, res) in enumerate(zip(runs, out, strict=True)):
-            run.w_p, run.v_p, run.r_p = res[:3]
-            states.append((*res[:5], list(res[5])))
-            d_alpha[r][t0:t1] = res[6].numpy()[: t1 - t0]
-            d_gamma[r][t0:t1] = res[7].numpy()[: t1 - t0]
+        state, da, dg = p.st.reverse_chunk(
+            (run.w_p, run.v_p, run.r_p, *adjoints),
+            tf.constant(t0),
+            tf.constant(t1),
+            p.sc.tables,
+            _unplan_chunk(p, run, t0, t1, capacity),
+            p.theta,
+            p.key,
+            run.layout,
+            p.chunk,
+        )
+        (run.w_p, run.v_p, run.r_p), adjoints = state[:3], (state[3], state[4], list(state[5]))
+        d_alpha[t0:t1] = da.numpy()[: t1 - t0]
+        d_gamma[t0:t1] = dg.numpy()[: t1 - t0]
         if p.callback:
             p.callback("reverse", p.sc.steps - t0, p.sc.steps)
-    return [
-        (d_alpha[r], d_gamma[r], list(st[5]), _unpack(st[3], run.shapes))
-        for r, (run, st) in enumerate(zip(runs, states, strict=True))
-    ]
+    return d_alpha, d_gamma, adjoints[2], _unpack(adjoints[0], run.shapes)
 
 
 def _key_tensor(key: Any) -> tf.Tensor | None:
@@ -982,16 +927,13 @@ def hypergradients(
     stepper: _Stepper | None = None,
     chunk_steps: int = CHUNK_STEPS,
 ) -> list[HypergradResult]:
-    """:func:`hypergradient` of R replicas trained together: one pass over the steps trains
-    and then reverses every replica (initial weights ``w0s[r]``, data key ``keys[r]``; the
-    schedules and θ are shared).
+    """:func:`hypergradient` of R replicas (initial weights ``w0s[r]``, data key ``keys[r]``;
+    the schedules and θ are shared), run side by side (:func:`_side_by_side`).
 
-    Each replica has its own exact state, information buffer and certificate, and runs
-    exactly the operations a run of its own would, so its result equals
-    ``hypergradient(..., w0s[r], ..., key=keys[r])`` bit for bit; the replicas' operations are
-    independent, so TensorFlow may run them in parallel, and each chunk of steps costs one
-    host round trip for all of them. ``timings`` are those of the whole batch. Tracing is per
-    replica count (a stepper keeps one trace per R).
+    Each replica has its own exact state, information buffer and certificate and runs the
+    one-replica programs, so its result equals ``hypergradient(..., w0s[r], ...,
+    key=keys[r])`` bit for bit; the programs are compiled once whatever R. ``timings`` are
+    each replica's own.
 
     Raises:
         DivergenceError: a replica diverged (its index in ``replica`` when R > 1); no result
@@ -1011,13 +953,11 @@ def hypergradients(
     sc = _schedules(alpha, gamma, k, max_denominator)
     theta = [tf.convert_to_tensor(x, tf.float64) for x in theta]
     st = stepper or _Stepper(train_loss, k, dtype, frac_bits)
-    labels = [r if len(w0s) > 1 else None for r in range(len(w0s))]  # errors' `replica`
-    keys_t = tuple(_key_tensor(key) for key in keys)
-    p = _Pass(st, sc, theta, keys_t, callback, max(1, int(chunk_steps)))
+    chunk = max(1, int(chunk_steps))
 
     def one(r: int) -> HypergradResult:  # replica r alone (progress: replica 0's)
-        alone = dataclasses.replace(p, keys=(p.keys[r],), callback=p.callback if r == 0 else None)
-        return _run(alone, val_loss, [w0s[r]], [labels[r]], dtype, frac_bits)[0]
+        p = _Pass(st, sc, theta, _key_tensor(keys[r]), callback if r == 0 else None, chunk)
+        return _run(p, val_loss, w0s[r], r if len(w0s) > 1 else None, dtype, frac_bits)
 
     try:
         return _side_by_side(len(w0s), one, alone_first=not st.checked)
@@ -1058,60 +998,46 @@ def _side_by_side(
 def _run(
     p: _Pass,
     val_loss: ValLoss,
-    w0s: Sequence[Sequence[tf.Tensor]],
-    labels: Sequence[int | None],
+    w0: Sequence[tf.Tensor],
+    label: int | None,
     dtype: tf.DType,
     frac_bits: int,
-) -> list[HypergradResult]:
-    """The forward and reverse pass of :func:`hypergradients` and the certificates."""
+) -> HypergradResult:
+    """One run's forward and reverse pass and its certificate (``label``: its replica index
+    in errors, None for a single run)."""
     sc = p.sc
     t0 = time.perf_counter()
-    runs = []
-    for label, w0 in zip(labels, w0s, strict=True):
-        try:
-            runs.append(_ExactState(w0, frac_bits, sc))
-        except FixedPointOverflowError as exc:
-            exc.replica = label  # which replica's initial weights
-            raise
-    losses, capacity = _forward_pass(p, runs, labels)
+    try:
+        run = _ExactState(w0, frac_bits, sc)
+    except FixedPointOverflowError as exc:
+        exc.replica = label  # which replica's initial weights
+        raise
+    losses, capacity = _forward_pass(p, run, label)
     t_forward = time.perf_counter() - t0
-    held = [run.spill() for run in runs]
+    bits_held, info_bound = run.spill()
 
     t1 = time.perf_counter()
-    w_finals, f_vals, dws = [], [], []
-    for label, run in zip(labels, runs, strict=True):
-        w_final = run.weights(dtype)
-        f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps, label)
-        w_finals.append(w_final)
-        f_vals.append(f_val)
-        dws.append(dw)
-    grads = _reverse_pass(p, runs, dws, capacity)
+    w_final = run.weights(dtype)
+    f_val, dw = _validation_adjoint(val_loss, w_final, sc.steps, label)
+    d_alpha, d_gamma, d_theta, d_w0 = _reverse_pass(p, run, dw, capacity)
     t_reverse = time.perf_counter() - t1
 
-    out = []
-    for r, (run, (bits_held, info_bound), g) in enumerate(zip(runs, held, grads, strict=True)):
-        cert = run.certify(bits_held, info_bound)
-        if not cert.ok:
-            raise ExactnessError(cert, _exactness_hint(dtype))
-        d_alpha, d_gamma, d_theta, d_w0 = g
-        _check_finite(
-            sc.steps, labels[r], d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0
-        )
-        out.append(
-            HypergradResult(
-                val_loss=f_vals[r],
-                w_final=w_finals[r],
-                d_alpha=tf.constant(d_alpha),
-                d_gamma=tf.constant(d_gamma),
-                d_theta=d_theta,
-                d_w0=d_w0,
-                gamma_applied=sc.gamma_applied,
-                train_losses=losses[r],
-                certificate=cert,
-                timings={"forward_s": t_forward, "reverse_s": t_reverse},
-            )
-        )
-    return out
+    cert = run.certify(bits_held, info_bound)
+    if not cert.ok:
+        raise ExactnessError(cert, _exactness_hint(dtype))
+    _check_finite(sc.steps, label, d_alpha=d_alpha, d_gamma=d_gamma, d_theta=d_theta, d_w0=d_w0)
+    return HypergradResult(
+        val_loss=f_val,
+        w_final=w_final,
+        d_alpha=tf.constant(d_alpha),
+        d_gamma=tf.constant(d_gamma),
+        d_theta=d_theta,
+        d_w0=d_w0,
+        gamma_applied=sc.gamma_applied,
+        train_losses=losses,
+        certificate=cert,
+        timings={"forward_s": t_forward, "reverse_s": t_reverse},
+    )
 
 
 def _check_finite(steps: int, replica: int | None, **grads: Any) -> None:
