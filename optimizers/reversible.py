@@ -269,7 +269,7 @@ class _Stepper:
         self.dtype = dtype
         self.frac_bits = frac_bits
         self.xla = xla
-        self.checked = False  # the traced program was checked (see `forward`)
+        self.checked = False  # the programs were checked (see `check`)
         self._build(whole=xla)
 
     def _build(self, whole: bool) -> None:
@@ -293,22 +293,32 @@ class _Stepper:
         self.forward_chunk = tf.function(self._forward_chunk, **loop)
         self.reverse_chunk = tf.function(self._reverse_chunk, **loop)
 
-    def forward(self, *args: Any) -> Any:
-        """:meth:`_forward_chunk` compiled; the first call checks the traced program first.
+    def check(self, forward_args: tuple, reverse_args: tuple) -> None:
+        """Once per stepper, before its first pass: trace both chunks' programs (the traces are
+        the ones the passes then run) and fall back to graph loops when they cannot be whole.
 
         XLA's random-number kernels draw other streams than TensorFlow's for the same seed, so
         a training loss that draws random numbers inside a step (minibatches from
         :func:`minibatch_indices`, dropout) would train on other data under XLA than
         :class:`~revhpo.optimizers.PlainSGD` and the references do: such a loss runs as graph
         loops. (An index table made before the pass, as :class:`TuningProblem` passes it, keeps
-        the programs whole.)
+        the programs whole.) A reverse program that cannot be built in XLA's context (a
+        derivative with no XLA form: forward-mode through a loop's gradient, as with the SSS
+        layer) falls back here too, before a forward pass is spent on it.
         """
-        if self.whole and not self.checked:
-            self.checked = True
-            random = _random_ops(self.forward_chunk.get_concrete_function(*args).graph)
-            if random:
-                self.demote(f"the training loss draws random numbers in a step ({random[0]})")
-        return self.forward_chunk(*args)
+        if self.checked:
+            return
+        self.checked = True
+        if not self.whole:
+            return
+        random = _random_ops(self.forward_chunk.get_concrete_function(*forward_args).graph)
+        if random:
+            self.demote(f"the training loss draws random numbers in a step ({random[0]})")
+            return
+        try:
+            self.reverse_chunk.get_concrete_function(*reverse_args)
+        except Exception as exc:  # noqa: BLE001 - any failure to build it means: not whole
+            self.demote(f"the reverse program cannot be built ({type(exc).__name__}: {exc})"[:500])
 
     def demote(self, why: str) -> bool:
         """Fall back from whole-chunk XLA programs to graph loops; False when already there."""
@@ -739,9 +749,11 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
     plans, shifts, spill = _plan_forward(p, run)
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
     capacity = p.capacity(spill)
+    if not p.st.checked:
+        _check_programs(p, run, tables, capacity)
     losses = []
     for t0, t1 in p.chunks():
-        res = p.st.forward(
+        res = p.st.forward_chunk(
             (run.w_p, run.v_p, run.r_p),
             tf.constant(t0),
             tf.constant(t1),
@@ -762,6 +774,24 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
         if p.callback:
             p.callback("forward", t1, p.sc.steps)
     return (np.concatenate(losses) if losses else np.zeros(0)), capacity
+
+
+def _check_programs(p: _Pass, run: _ExactState, tables: tuple, capacity: int) -> None:
+    """:meth:`_Stepper.check` with arguments shaped as the passes will call the chunks with."""
+    state = (run.w_p, run.v_p, run.r_p)
+    zero = tf.zeros(run.w_p.shape, tf.float64)  # dw, dv
+    local = (
+        tf.zeros([p.chunk, sum(b.group for b in run.buffers)], tf.int64),
+        tf.fill([p.chunk], -1),
+        tf.zeros([max(capacity, 1), sum(b.group * b.registers for b in run.buffers)], tf.int64),
+    )
+    t0, t1 = tf.constant(0), tf.constant(1)
+    rest = (p.theta, p.key, run.layout, p.chunk)
+    p.st.check(
+        (state, t0, t1, tables, *rest, capacity),
+        ((*state, zero, zero, [tf.zeros_like(x) for x in p.theta]), t0, t1, p.sc.tables, local)
+        + rest,
+    )
 
 
 def _unplan_chunk(
@@ -961,10 +991,13 @@ def hypergradients(
 
     try:
         return _side_by_side(len(w0s), one, alone_first=not st.checked)
-    except (ExactnessError, tf.errors.OpError) as exc:
-        # Whole-chunk XLA programs failed to compile, or their reversal did not certify:
-        # once per stepper, run again as graph loops (which raise the error again if it is
-        # not XLA's).
+    except ArithmeticError:  # divergence or a fixed-point overflow: the training's, not XLA's
+        raise
+    except Exception as exc:
+        # The whole-chunk programs could not be built (an op or a derivative with no XLA
+        # form: e.g. forward-mode through a loop's gradient, found with the SSS layer), did
+        # not compile, or their reversal did not certify: once per stepper, run again as
+        # graph loops (which raise the error again if it is not XLA's).
         if not st.demote(f"the compiled chunks failed ({type(exc).__name__}: {exc})"[:500]):
             raise
     return _side_by_side(len(w0s), one, alone_first=True)
@@ -981,7 +1014,7 @@ def _side_by_side(
     outside the interpreter lock, so replicas overlap on the cores (and on a device). Errors
     are raised after every replica has ended, the first replica's in replica order. With
     ``alone_first``, ``one(0)`` runs before the others start: a stepper's first run checks
-    its programs and may switch them (`_Stepper.forward`), and every replica must run one kind
+    its programs and may switch them (`_Stepper.check`), and every replica must run one kind
     of program both ways.
     """
     if count == 1:
