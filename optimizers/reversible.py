@@ -270,6 +270,11 @@ class _Stepper:
         self.frac_bits = frac_bits
         self.xla = xla
         self.checked = False  # the programs were checked (see `check`)
+        # The static sizes the programs were last compiled for (see `fit_groups`,
+        # `fit_capacity`): a tuned γ changes the plan every meta-iteration, and each new
+        # shape would compile both programs again.
+        self._groups: list[int] | None = None
+        self._capacity = 0
         self._build(whole=xla)
 
     def _build(self, whole: bool) -> None:
@@ -319,6 +324,23 @@ class _Stepper:
             self.reverse_chunk.get_concrete_function(*reverse_args)
         except Exception as exc:  # noqa: BLE001 - any failure to build it means: not whole
             self.demote(f"the reverse program cannot be built ({type(exc).__name__}: {exc})"[:500])
+
+    def fit_groups(self, best: list[int]) -> list[int]:
+        """Elements per register for a pass whose schedules call for ``best`` (one per
+        tensor, :func:`group_size`): the groups of the last pass while each is at least half
+        of its best (the buffer's start-up overhead then stays within twice
+        :data:`_OVERHEAD`), else ``best``."""
+        if self._groups is None or any(2 * g < b for g, b in zip(self._groups, best, strict=True)):
+            self._groups = list(best)
+        return list(self._groups)
+
+    def fit_capacity(self, need: int) -> int:
+        """Rows of a chunk's cut-word table for a pass that needs ``need``: the most compiled
+        so far when that suffices, else ``need`` rounded up to a power of two (a few
+        compilations at most over a tuning run)."""
+        if need > self._capacity:
+            self._capacity = 1 << (need - 1).bit_length()
+        return self._capacity
 
     def demote(self, why: str) -> bool:
         """Fall back from whole-chunk XLA programs to graph loops; False when already there."""
@@ -606,14 +628,14 @@ class _ExactState:
     (forward) or before the step just undone (reverse).
     """
 
-    def __init__(self, w0: Sequence[tf.Tensor], frac_bits: int, sc: _Schedules) -> None:
+    def __init__(
+        self, w0: Sequence[tf.Tensor], frac_bits: int, sc: _Schedules, st: _Stepper
+    ) -> None:
         w_ints = [to_fixed(tf.convert_to_tensor(x, tf.float64), frac_bits, what="w0") for x in w0]
         self.frac_bits = frac_bits
         self.shapes = tuple(tuple(int(s) for s in x.shape) for x in w_ints)
-        self.buffers = [
-            InfoBuffer(x.shape, group_size([row[k] for row in sc.rats]))
-            for k, x in enumerate(w_ints)
-        ]
+        groups = st.fit_groups([group_size([row[k] for row in sc.rats]) for k in range(len(w0))])
+        self.buffers = [InfoBuffer(x.shape, g) for x, g in zip(w_ints, groups, strict=True)]
         self.layout = (
             self.shapes,
             tuple(b.group for b in self.buffers),
@@ -748,7 +770,7 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
     """
     plans, shifts, spill = _plan_forward(p, run)
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
-    capacity = p.capacity(spill)
+    capacity = p.st.fit_capacity(p.capacity(spill))
     if not p.st.checked:
         _check_programs(p, run, tables, capacity)
     losses = []
@@ -1041,7 +1063,7 @@ def _run(
     sc = p.sc
     t0 = time.perf_counter()
     try:
-        run = _ExactState(w0, frac_bits, sc)
+        run = _ExactState(w0, frac_bits, sc, p.st)
     except FixedPointOverflowError as exc:
         exc.replica = label  # which replica's initial weights
         raise

@@ -343,3 +343,26 @@ def test_a_loss_xla_cannot_compile_runs_as_graph_loops(caplog):
     ref = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta, key=table)
     assert res.certificate.ok
     assert max_rel_error(res.d_alpha, ref.d_alpha) <= 1e-9
+
+
+def test_a_stepper_reused_over_changing_schedules_compiles_its_programs_a_few_times_only():
+    # the tuner changes γ every meta-iteration, and with it the register plan and the
+    # buffer's groups: the programs' static sizes are kept while they fit
+    train_loss, val_loss, w0, theta, table = _table_problem(steps=20)
+    alpha, gamma = schedules(20, len(w0))
+    st = make_stepper(train_loss, len(w0))
+    # these change the most cuts in a chunk (16, 15, 16, 14) and the groups the schedules
+    # call for (one tensor 64 → 128, then all 64, then all 128)
+    for scale in (1.0, 1.03, 0.9, 1.06):
+        g = np.minimum(gamma * scale, 0.97)
+        res = hypergradient(train_loss, val_loss, w0, alpha, g, theta, key=table, stepper=st)
+        assert res.certificate.ok
+    assert st.forward_chunk.experimental_get_tracing_count() == 1
+    assert st.reverse_chunk.experimental_get_tracing_count() == 1
+    # the rules themselves, on a new stepper: capacities grow to powers of two and are kept;
+    # groups are kept while each is at least half of what the schedules call for
+    fresh = make_stepper(train_loss, len(w0))
+    assert [fresh.fit_capacity(n) for n in (3, 2, 4, 5, 1)] == [4, 4, 4, 8, 8]
+    assert fresh.fit_groups([16, 32]) == [16, 32]
+    assert fresh.fit_groups([32, 64]) == [16, 32]
+    assert fresh.fit_groups([64, 32]) == [64, 32]
