@@ -474,8 +474,10 @@ class _Stepper:
         d_gamma = tf.TensorArray(tf.float64, size=size)
         sizes = [g * m for g, m in zip(groups, regs, strict=True)]
 
-        def body(t, state, d_alpha, d_gamma):
-            i = t - t0
+        # The loop carries both the step t and its row i = t − t0 of the chunk's tables, and its
+        # body and condition read neither t0 nor t1: a loop that tested t0 made XLA take t0
+        # for a compile-time constant, one compilation per chunk.
+        def body(t, i, state, d_alpha, d_gamma):
             row = (alpha[t], omg[t], n[t], d[t], gamma[t])
             cut = tf.gather(words, tf.maximum(slot[i], 0)) * tf.cast(slot[i] >= 0, tf.int64)
             lo = [
@@ -483,13 +485,13 @@ class _Stepper:
                 for x, g, m in zip(tf.split(cut, sizes), groups, regs, strict=True)
             ]
             out = self._reverse(state, row, theta, t, key, layout, tf.split(shifts[i], groups), lo)
-            return t - 1, out[:6], d_alpha.write(i, out[6]), d_gamma.write(i, out[7])
+            return t - 1, i - 1, out[:6], d_alpha.write(i, out[6]), d_gamma.write(i, out[7])
 
         w_p, v_p, r_p, dw_p, dv_p, dtheta = state
         unpacked = (*_unpack_state(w_p, v_p, r_p, layout), _unpack(dw_p, shapes))
         unpacked += (_unpack(dv_p, shapes), list(dtheta))
-        _, (w, v, reg, dw, dv, dtheta), d_alpha, d_gamma = tf.while_loop(
-            lambda t, *_: t >= t0, body, (t1 - 1, unpacked, d_alpha, d_gamma)
+        _, _, (w, v, reg, dw, dv, dtheta), d_alpha, d_gamma = tf.while_loop(
+            lambda t, i, *_: i >= 0, body, (t1 - 1, t1 - 1 - t0, unpacked, d_alpha, d_gamma)
         )
         return (
             (_pack(w), _pack(v), tf.concat(reg, 0), _pack(dw), _pack(dv), dtheta),

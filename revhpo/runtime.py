@@ -69,10 +69,10 @@ def prepare_environment() -> None:
     """Environment settings that must precede TensorFlow's first import (user values win).
 
     Besides oneDNN (see the module docstring), this turns on TensorFlow's persistent XLA
-    compilation cache (:func:`xla_cache_dir`): the exact engine's integer kernels are compiled
-    once per machine and net shape, not once per process, which shortens every later job's
-    time to its first hypergradient. Cached kernels are integer programs whose results are
-    exact whatever compiled them, so the cache cannot change a result.
+    compilation cache (:func:`xla_cache_dir`): the exact engine's programs are compiled once
+    per machine and net shape, not once per process, which shortens every later job's time to
+    its first hypergradient. A cached program is the executable its compilation produced, so
+    the cache cannot change a result (and a reversal's certificate would catch one that did).
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     flags = os.environ.get("TF_XLA_FLAGS", "")

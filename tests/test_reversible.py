@@ -366,3 +366,49 @@ def test_a_stepper_reused_over_changing_schedules_compiles_its_programs_a_few_ti
     assert fresh.fit_groups([16, 32]) == [16, 32]
     assert fresh.fit_groups([32, 64]) == [16, 32]
     assert fresh.fit_groups([64, 32]) == [64, 32]
+
+
+_COMPILE_COUNT_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from mlp_problem import make_problem, schedules
+from revhpo.optimizers import hypergradient, minibatch_table
+
+train_loss, val_loss, w0, theta = make_problem(sizes=(5, 8, 7, 3), table_key=True)
+alpha, gamma = schedules(40, len(w0))
+res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta,
+                    key=minibatch_table(11, 40, 48, 12), chunk_steps=8)
+assert res.certificate.ok
+"""
+
+
+@pytest.mark.slow
+def test_a_pass_of_many_chunks_compiles_one_forward_and_one_reverse_program(tmp_path):
+    # every chunk of a pass runs the same two XLA programs: a chunk's first step must not be
+    # a compile-time constant (it was for the reverse, once: one compilation per chunk, ~3 s
+    # each for the digits MLP). Counted as the entries a fresh process writes to a new
+    # persistent XLA cache: one per compilation.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "xla"
+    cache.mkdir()
+    env = dict(
+        os.environ,
+        REVHPO_XLA_CACHE=str(cache),
+        TF_XLA_FLAGS=f"--tf_xla_persistent_cache_directory={cache}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    tests = str(Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_COUNT_CHILD, tests],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2, entries  # 40 steps in 5 chunks: 2 programs, not 6
