@@ -32,7 +32,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,6 +275,7 @@ class _Stepper:
         # shape would compile both programs again.
         self._groups: list[int] | None = None
         self._capacity = 0
+        self._compiling: dict[str, Future] = {}  # see `check`
         self._build(whole=xla)
 
     def _build(self, whole: bool) -> None:
@@ -320,10 +321,25 @@ class _Stepper:
         if random:
             self.demote(f"the training loss draws random numbers in a step ({random[0]})")
             return
+        # XLA compiles a program at its first run. Both are run here on zero steps in threads
+        # of their own, so that compiling the reverse program (the larger) overlaps compiling
+        # and running the forward pass; `ready` waits for each before its first real run.
+        compiler = ThreadPoolExecutor(2, thread_name_prefix="revhpo-compile")
+        self._compiling["forward"] = compiler.submit(self.forward_chunk, *forward_args)
         try:
             self.reverse_chunk.get_concrete_function(*reverse_args)
         except Exception as exc:  # noqa: BLE001 - any failure to build it means: not whole
             self.demote(f"the reverse program cannot be built ({type(exc).__name__}: {exc})"[:500])
+        else:
+            self._compiling["reverse"] = compiler.submit(self.reverse_chunk, *reverse_args)
+        compiler.shutdown(wait=False)
+
+    def ready(self, which: str) -> None:
+        """Wait until the ``forward`` or ``reverse`` program started compiling by `check` is
+        compiled; a compilation error is raised here, at the program's first real run."""
+        compiling = self._compiling.pop(which, None)
+        if compiling is not None:
+            compiling.result()
 
     def fit_groups(self, best: list[int]) -> list[int]:
         """Elements per register for a pass whose schedules call for ``best`` (one per
@@ -347,6 +363,7 @@ class _Stepper:
         if not self.whole:
             return False
         log.warning("exact engine: %s; running the steps as graph loops instead", why)
+        self._compiling.clear()  # the whole programs' compilations: no longer waited for
         self._build(whole=False)
         return True
 
@@ -775,6 +792,7 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
     capacity = p.st.fit_capacity(p.capacity(spill))
     if not p.st.checked:
         _check_programs(p, run, tables, capacity)
+    p.st.ready("forward")
     losses = []
     for t0, t1 in p.chunks():
         res = p.st.forward_chunk(
@@ -809,7 +827,7 @@ def _check_programs(p: _Pass, run: _ExactState, tables: tuple, capacity: int) ->
         tf.fill([p.chunk], -1),
         tf.zeros([max(capacity, 1), sum(b.group * b.registers for b in run.buffers)], tf.int64),
     )
-    t0, t1 = tf.constant(0), tf.constant(1)
+    t0 = t1 = tf.constant(0)  # zero steps: `check` runs them to compile them
     rest = (p.theta, p.key, run.layout, p.chunk)
     p.st.check(
         (state, t0, t1, tables, *rest, capacity),
@@ -873,6 +891,7 @@ def _reverse_pass(
     dw_p = _pack(dw)
     adjoints = (dw_p, tf.zeros_like(dw_p), [tf.zeros_like(x) for x in p.theta])
     d_alpha, d_gamma = np.zeros_like(p.sc.alpha), np.zeros_like(p.sc.alpha)
+    p.st.ready("reverse")
     for t0, t1 in reversed(p.chunks()):
         state, da, dg = p.st.reverse_chunk(
             (run.w_p, run.v_p, run.r_p, *adjoints),
