@@ -317,22 +317,30 @@ class _Stepper:
         self.checked = True
         if not self.whole:
             return
-        random = _random_ops(self.forward_chunk.get_concrete_function(*forward_args).graph)
-        if random:
-            self.demote(f"the training loss draws random numbers in a step ({random[0]})")
-            return
-        # XLA compiles a program at its first run. Both are run here on zero steps in threads
-        # of their own, so that compiling the reverse program (the larger) overlaps compiling
-        # and running the forward pass; `ready` waits for each before its first real run.
-        compiler = ThreadPoolExecutor(2, thread_name_prefix="revhpo-compile")
-        self._compiling["forward"] = compiler.submit(self.forward_chunk, *forward_args)
+        # The reverse program first: it is the larger to compile, and the one that may have no
+        # XLA form. XLA compiles a program at its first run: each is run here on zero steps
+        # in a thread of its own, so that compiling the reverse overlaps tracing, compiling
+        # and running the forward; `ready` waits for each before its first real run.
         try:
-            self.reverse_chunk.get_concrete_function(*reverse_args)
+            graph = self.reverse_chunk.get_concrete_function(*reverse_args).graph
         except Exception as exc:  # noqa: BLE001 - any failure to build it means: not whole
             self.demote(f"the reverse program cannot be built ({type(exc).__name__}: {exc})"[:500])
-        else:
-            self._compiling["reverse"] = compiler.submit(self.reverse_chunk, *reverse_args)
+            return
+        if self._demote_on_random(graph):
+            return
+        compiler = ThreadPoolExecutor(2, thread_name_prefix="revhpo-compile")
+        self._compiling["reverse"] = compiler.submit(self.reverse_chunk, *reverse_args)
+        forward = self.forward_chunk.get_concrete_function(*forward_args)
+        if not self._demote_on_random(forward.graph):
+            self._compiling["forward"] = compiler.submit(self.forward_chunk, *forward_args)
         compiler.shutdown(wait=False)
+
+    def _demote_on_random(self, graph: tf.Graph) -> bool:
+        """Demote (True) when ``graph`` draws random numbers (see `check`)."""
+        random = _random_ops(graph)
+        if random:
+            self.demote(f"the training loss draws random numbers in a step ({random[0]})")
+        return bool(random)
 
     def ready(self, which: str) -> None:
         """Wait until the ``forward`` or ``reverse`` program started compiling by `check` is
