@@ -69,6 +69,9 @@ Callback = Callable[[str, int, int], None]
 #: chunks of this many steps: one host round trip per chunk (divergence check, progress,
 #: moving the buffer's words to host memory), never one per step.
 CHUNK_STEPS = 50
+#: A chunk's table of cut words may take twice the rows its pass needs while it stays within
+#: this many bytes (see `_Stepper.fit_capacity`): room for γ to move without a recompilation.
+_TABLE_HEADROOM_BYTES = 16 << 20
 
 
 class DivergenceError(ArithmeticError):
@@ -358,12 +361,18 @@ class _Stepper:
             self._groups = list(best)
         return list(self._groups)
 
-    def fit_capacity(self, need: int) -> int:
+    def fit_capacity(self, need: int, most: int | None = None, row_bytes: int = 0) -> int:
         """Rows of a chunk's cut-word table for a pass that needs ``need``: the most compiled
-        so far when that suffices, else ``need`` rounded up to a power of two (a few
-        compilations at most over a tuning run)."""
+        so far when that suffices, else ``need`` rounded up to a power of two, and doubled
+        while the table stays within :data:`_TABLE_HEADROOM_BYTES` (rows of ``row_bytes``):
+        γ moves over a tuning run, and with it the cuts per chunk (12 at the digits
+        example's start, up to 31 later). Never more than ``most`` (a chunk's steps: every
+        need fits). A few compilations at most over a tuning run."""
         if need > self._capacity:
-            self._capacity = 1 << (need - 1).bit_length()
+            rows = 1 << (need - 1).bit_length()
+            if (2 * rows + 1) * row_bytes <= _TABLE_HEADROOM_BYTES:
+                rows *= 2
+            self._capacity = rows if most is None else max(need, min(rows, most))
         return self._capacity
 
     def demote(self, why: str) -> bool:
@@ -797,7 +806,8 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
     """
     plans, shifts, spill = _plan_forward(p, run)
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
-    capacity = p.st.fit_capacity(p.capacity(spill))
+    row_bytes = 8 * sum(b.group * b.registers for b in run.buffers)
+    capacity = p.st.fit_capacity(p.capacity(spill), p.chunk, row_bytes)
     if not p.st.checked:
         _check_programs(p, run, tables, capacity)
     p.st.ready("forward")

@@ -359,10 +359,17 @@ def test_a_stepper_reused_over_changing_schedules_compiles_its_programs_a_few_ti
         assert res.certificate.ok
     assert st.forward_chunk.experimental_get_tracing_count() == 1
     assert st.reverse_chunk.experimental_get_tracing_count() == 1
-    # the rules themselves, on a new stepper: capacities grow to powers of two and are kept;
-    # groups are kept while each is at least half of what the schedules call for
+    # the rules themselves, on a new stepper: capacities grow to powers of two, doubled while
+    # the table is small (at most a chunk's steps), and are kept; groups are kept while each
+    # is at least half of what the schedules call for
     fresh = make_stepper(train_loss, len(w0))
-    assert [fresh.fit_capacity(n) for n in (3, 2, 4, 5, 1)] == [4, 4, 4, 8, 8]
+    assert [fresh.fit_capacity(n, 50, 8) for n in (3, 2, 8, 9, 16, 40, 50)] == [
+        *(8, 8, 8),
+        *(32, 32),
+        *(50, 50),
+    ]
+    large = make_stepper(train_loss, len(w0))  # rows of 8 MiB: no room to double
+    assert [large.fit_capacity(n, 50, 8 << 20) for n in (3, 4, 5)] == [4, 4, 8]
     assert fresh.fit_groups([16, 32]) == [16, 32]
     assert fresh.fit_groups([32, 64]) == [16, 32]
     assert fresh.fit_groups([64, 32]) == [64, 32]
@@ -371,23 +378,28 @@ def test_a_stepper_reused_over_changing_schedules_compiles_its_programs_a_few_ti
 _COMPILE_COUNT_CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
+import numpy as np
 from mlp_problem import make_problem, schedules
-from revhpo.optimizers import hypergradient, minibatch_table
+from revhpo.optimizers import hypergradient, make_stepper, minibatch_table
 
 train_loss, val_loss, w0, theta = make_problem(sizes=(5, 8, 7, 3), table_key=True)
 alpha, gamma = schedules(40, len(w0))
-res = hypergradient(train_loss, val_loss, w0, alpha, gamma, theta,
-                    key=minibatch_table(11, 40, 48, 12), chunk_steps=8)
-assert res.certificate.ok
+st = make_stepper(train_loss, len(w0))
+# as the tuner moves γ: other cuts (14 in a chunk of 20 steps, then 18), other groups
+for scale in (0.7, 0.6, 0.8, 0.9):
+    res = hypergradient(train_loss, val_loss, w0, alpha, np.minimum(gamma * scale, 0.97),
+                        theta, key=minibatch_table(11, 40, 48, 12), chunk_steps=20, stepper=st)
+    assert res.certificate.ok
 """
 
 
 @pytest.mark.slow
-def test_a_pass_of_many_chunks_compiles_one_forward_and_one_reverse_program(tmp_path):
+def test_passes_of_many_chunks_over_moving_schedules_compile_two_programs(tmp_path):
     # every chunk of a pass runs the same two XLA programs: a chunk's first step must not be
     # a compile-time constant (it was for the reverse, once: one compilation per chunk, ~3 s
-    # each for the digits MLP). Counted as the entries a fresh process writes to a new
-    # persistent XLA cache: one per compilation.
+    # each for the digits MLP); and a tuner's next γ must not change their static shapes.
+    # Counted as the entries a fresh process writes to a new persistent XLA cache: one per
+    # compilation.
     import os
     import subprocess
     import sys
@@ -411,4 +423,4 @@ def test_a_pass_of_many_chunks_compiles_one_forward_and_one_reverse_program(tmp_
     )
     assert out.returncode == 0, out.stderr[-3000:]
     entries = sorted(p.name for p in cache.iterdir())
-    assert len(entries) == 2, entries  # 40 steps in 5 chunks: 2 programs, not 6
+    assert len(entries) == 2, entries  # 4 passes of 2 chunks: 2 programs
