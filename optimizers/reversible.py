@@ -242,6 +242,13 @@ def _rationals(gamma: np.ndarray, max_denominator: int) -> list[list[Rational]]:
     return out
 
 
+def _brief(exc: BaseException) -> str:
+    """An exception's type and the first line of its message (TensorFlow appends the stack
+    of the op's creation), at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def _random_ops(graph: tf.Graph) -> list[str]:
     """Random-number op types in ``graph`` and the functions it calls (loop bodies too)."""
     graph_def = graph.as_graph_def()
@@ -327,7 +334,7 @@ class _Stepper:
         try:
             graph = self.reverse_chunk.get_concrete_function(*reverse_args).graph
         except Exception as exc:  # noqa: BLE001 - any failure to build it means: not whole
-            self.demote(f"the reverse program cannot be built ({type(exc).__name__}: {exc})"[:500])
+            self.demote(f"the reverse program cannot be built ({_brief(exc)})")
             return
         if self._demote_on_random(graph):
             return
@@ -1059,7 +1066,7 @@ def hypergradients(
         # form: e.g. forward-mode through a loop's gradient, found with the SSS layer), did
         # not compile, or their reversal did not certify: once per stepper, run again as
         # graph loops (which raise the error again if it is not XLA's).
-        if not st.demote(f"the compiled chunks failed ({type(exc).__name__}: {exc})"[:500]):
+        if not st.demote(f"the compiled chunks failed ({_brief(exc)})"):
             raise
     return _side_by_side(len(w0s), one, alone_first=True)
 
