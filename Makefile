@@ -34,7 +34,7 @@ run: venv
 test: venv lint browser
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
-# The fast tier (about 2 minutes on 2 cores; the whole suite about 10): everything not marked `slow` (long exactness runs,
+# The fast tier (about 2 minutes on 2 cores; the whole suite about 12): everything not marked `slow` (long exactness runs,
 # finite-difference and unrolled-autodiff sweeps, real TensorFlow jobs in subprocesses).
 test-fast: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not slow"
