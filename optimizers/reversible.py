@@ -311,7 +311,8 @@ class _Stepper:
 
     def check(self, forward_args: tuple, reverse_args: tuple) -> None:
         """Once per stepper, before its first pass: trace both chunks' programs (the traces are
-        the ones the passes then run) and fall back to graph loops when they cannot be whole.
+        the ones the passes then run), start compiling them (see :meth:`ready`), and fall back
+        to graph loops when they cannot be whole.
 
         XLA's random-number kernels draw other streams than TensorFlow's for the same seed, so
         a training loss that draws random numbers inside a step (minibatches from
