@@ -369,7 +369,7 @@ class _Stepper:
             self._groups = list(best)
         return list(self._groups)
 
-    def fit_capacity(self, need: int, most: int | None = None, row_bytes: int = 0) -> int:
+    def fit_capacity(self, need: int, most: int, row_bytes: int) -> int:
         """Rows of a chunk's cut-word table for a pass that needs ``need``: the most compiled
         so far when that suffices, else ``need`` rounded up to a power of two, and doubled
         while the table stays within :data:`_TABLE_HEADROOM_BYTES` (rows of ``row_bytes``):
@@ -380,7 +380,7 @@ class _Stepper:
             rows = 1 << (need - 1).bit_length()
             if (2 * rows + 1) * row_bytes <= _TABLE_HEADROOM_BYTES:
                 rows *= 2
-            self._capacity = rows if most is None else max(need, min(rows, most))
+            self._capacity = max(need, min(rows, most))
         return self._capacity
 
     def demote(self, why: str) -> bool:
@@ -694,6 +694,10 @@ class _ExactState:
         """The current weights as floats of ``dtype``."""
         return [to_float(q, self.frac_bits, dtype) for q in _unpack(self.w_p, self.shapes)]
 
+    def width(self) -> int:
+        """L, the int64 words one row of cut words holds (every buffer's ``[G, M]``)."""
+        return sum(b.group * b.registers for b in self.buffers)
+
     def n_weights(self) -> int:
         """N, the number of scalar weights."""
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
@@ -814,8 +818,7 @@ def _forward_pass(p: _Pass, run: _ExactState, label: int | None) -> tuple[np.nda
     """
     plans, shifts, spill = _plan_forward(p, run)
     tables = (*p.sc.tables[:4], tf.constant(shifts), tf.constant(spill))
-    row_bytes = 8 * sum(b.group * b.registers for b in run.buffers)
-    capacity = p.st.fit_capacity(p.capacity(spill), p.chunk, row_bytes)
+    capacity = p.st.fit_capacity(p.capacity(spill), p.chunk, 8 * run.width())
     if not p.st.checked:
         _check_programs(p, run, tables, capacity)
     p.st.ready("forward")
@@ -851,7 +854,7 @@ def _check_programs(p: _Pass, run: _ExactState, tables: tuple, capacity: int) ->
     local = (
         tf.zeros([p.chunk, sum(b.group for b in run.buffers)], tf.int64),
         tf.fill([p.chunk], -1),
-        tf.zeros([max(capacity, 1), sum(b.group * b.registers for b in run.buffers)], tf.int64),
+        tf.zeros([max(capacity, 1), run.width()], tf.int64),
     )
     t0 = t1 = tf.constant(0)  # zero steps: `check` runs them to compile them
     rest = (p.theta, p.key, run.layout, p.chunk)

@@ -1,5 +1,10 @@
 """Tiers 1 and 2 for optimizers/: exact reversal and hypergradients proved against references."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -400,11 +405,6 @@ def test_passes_of_many_chunks_over_moving_schedules_compile_two_programs(tmp_pa
     # each for the digits MLP); and a tuner's next γ must not change their static shapes.
     # Counted as the entries a fresh process writes to a new persistent XLA cache: one per
     # compilation.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     cache = tmp_path / "xla"
     cache.mkdir()
     env = dict(
